@@ -1,0 +1,331 @@
+/**
+ * The broker: contexts, their FIFOs, device assignment, and the lifecycle
+ * rules (leases, vanished clients, shutdown). It knows nothing of gRPC.
+ */
+import type { Logger } from 'pino';
+import type { KernelBackend, KernelCapabilities } from '../kernel/types.js';
+import { Context } from './context.js';
+import { BrokerError, kernelFailure } from './errors.js';
+import type { ObjectView, SequencedEvent, TeardownReason, TeardownReport } from './events.js';
+import { newContextId, type ContextId, type Handle, type TenantId } from './ids.js';
+import { Inventory, type DeviceView } from './inventory.js';
+import * as ops from './operations.js';
+import { runTeardown, type TeardownEnv, type TeardownScope } from './teardown.js';
+import { listViews } from './views.js';
+
+export interface Caller {
+  tenant: TenantId;
+  admin: boolean;
+  /** Who is calling, for logs and audit (e.g. `uid=1000 pid=42`). */
+  peer: string;
+}
+
+export interface BrokerObserver {
+  queueWait?(seconds: number): void;
+  teardown?(report: TeardownReport): void;
+}
+
+export interface BrokerOptions {
+  kernel: KernelBackend;
+  log: Logger;
+  capabilities: KernelCapabilities;
+  inventory: Inventory;
+  /** How long a context with no watcher left survives before it is torn down. */
+  clientGoneGraceMs: number;
+  observer?: BrokerObserver;
+}
+
+export const MAX_LABEL_BYTES = 128;
+export const MAX_LEASE_SECONDS = 86_400;
+
+export interface ContextSummary {
+  id: ContextId;
+  tenant: TenantId;
+  label: string;
+  openedAt: Date;
+  objectCount: number;
+  deviceIds: string[];
+  watchers: number;
+  leaseSeconds: number;
+  queued: number;
+}
+
+export class Broker {
+  readonly kernel: KernelBackend;
+  readonly inventory: Inventory;
+  readonly capabilities: KernelCapabilities;
+  readonly startedAt = new Date();
+  private readonly contexts = new Map<ContextId, Context>();
+  private readonly log: Logger;
+  private readonly env: ops.OpEnv;
+  private shuttingDown = false;
+
+  constructor(private readonly options: BrokerOptions) {
+    this.kernel = options.kernel;
+    this.inventory = options.inventory;
+    this.capabilities = options.capabilities;
+    this.log = options.log;
+    this.env = { kernel: options.kernel, inventory: options.inventory };
+  }
+
+  /** Read-only access for diagnostics and tests; requests go through the methods below. */
+  inspectContext(id: string): Pick<Context, 'registry' | 'iommufd' | 'state' | 'tenant'> | undefined {
+    return this.contexts.get(id as ContextId);
+  }
+
+  get contextCount(): number {
+    return this.contexts.size;
+  }
+
+  /** Live objects by kind across all contexts (computed on demand, e.g. at scrape time). */
+  objectCounts(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const ctx of this.contexts.values()) {
+      for (const obj of ctx.registry.all()) {
+        if (obj.state === 'live') counts.set(obj.kind, (counts.get(obj.kind) ?? 0) + 1);
+      }
+    }
+    return counts;
+  }
+
+  get objectCount(): number {
+    let n = 0;
+    for (const ctx of this.contexts.values()) n += ctx.registry.liveCount;
+    return n;
+  }
+
+  async openContext(caller: Caller, label: string, leaseSeconds: number): Promise<ContextId> {
+    this.refuseWhenShuttingDown();
+    if (Buffer.byteLength(label) > MAX_LABEL_BYTES) {
+      throw new BrokerError('INVALID_FIELD', `label: ${Buffer.byteLength(label)} bytes is over the ${MAX_LABEL_BYTES}-byte limit`, { field: 'label' });
+    }
+    if (!Number.isInteger(leaseSeconds) || leaseSeconds < 0 || leaseSeconds > MAX_LEASE_SECONDS) {
+      throw new BrokerError('INVALID_FIELD', `lease_seconds: ${leaseSeconds} is out of range 0..${MAX_LEASE_SECONDS}`, { field: 'lease_seconds' });
+    }
+    let iommufd;
+    try {
+      iommufd = await this.kernel.openIommufd();
+    } catch (err) {
+      throw kernelFailure(err, 'opening /dev/iommu', []);
+    }
+    const ctx = new Context(newContextId(), caller.tenant, label, leaseSeconds, iommufd, this.options.observer?.queueWait);
+    this.contexts.set(ctx.id, ctx);
+    ctx.renewLease(() => this.onLeaseExpired(ctx));
+    this.log.info({ contextId: ctx.id, tenant: caller.tenant, label }, 'context opened');
+    return ctx.id;
+  }
+
+  closeContext(caller: Caller, id: string): Promise<TeardownReport> {
+    const ctx = this.contextFor(caller, id);
+    return ctx.executor.run(() => this.teardownContext(ctx, 'close'));
+  }
+
+  forceCloseContext(id: string, why: string): Promise<TeardownReport> {
+    const ctx = this.contexts.get(id as ContextId);
+    if (!ctx) throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: no context ${id}`, { field: 'context_id', contextId: id });
+    this.log.warn({ contextId: ctx.id, tenant: ctx.tenant, why }, 'forced close');
+    return ctx.executor.run(() => this.teardownContext(ctx, 'forced'));
+  }
+
+  bindDevice(caller: Caller, id: string, deviceId: string): Promise<ObjectView> {
+    return this.inContext(caller, id, (ctx) => ops.bindDevice(this.env, ctx, deviceId));
+  }
+
+  unbindDevice(caller: Caller, id: string, device: Handle): Promise<TeardownReport> {
+    return this.inContext(caller, id, async (ctx) => {
+      const obj = ctx.registry.resolve(device, ['DEVICE'], 'device');
+      return this.teardown(ctx, { kind: 'device', device: obj }, 'unbind');
+    });
+  }
+
+  attachDevice(caller: Caller, id: string, device: Handle, target: Handle) {
+    return this.inContext(caller, id, (ctx) => ops.attachDevice(this.env, ctx, device, target));
+  }
+
+  detachDevice(caller: Caller, id: string, device: Handle) {
+    return this.inContext(caller, id, (ctx) => ops.detachDevice(this.env, ctx, device));
+  }
+
+  allocIoas(caller: Caller, id: string): Promise<ObjectView> {
+    return this.inContext(caller, id, (ctx) => ops.allocIoas(this.env, ctx));
+  }
+
+  allocHwpt(caller: Caller, id: string, args: ops.AllocHwptArgs): Promise<ObjectView> {
+    return this.inContext(caller, id, (ctx) => ops.allocHwpt(this.env, ctx, args));
+  }
+
+  allocViommu(caller: Caller, id: string, device: Handle, nestParent: Handle, type: ops.ViommuType | undefined): Promise<ObjectView> {
+    return this.inContext(caller, id, (ctx) => ops.allocViommu(this.env, ctx, device, nestParent, type));
+  }
+
+  allocVdevice(caller: Caller, id: string, viommu: Handle, device: Handle, virtId: bigint): Promise<ObjectView> {
+    return this.inContext(caller, id, (ctx) => ops.allocVdevice(this.env, ctx, viommu, device, virtId));
+  }
+
+  destroyObject(caller: Caller, id: string, handle: Handle): Promise<void> {
+    return this.inContext(caller, id, (ctx) => ops.destroyObject(this.env, ctx, handle));
+  }
+
+  getHwInfo(caller: Caller, id: string, device: Handle) {
+    return this.inContext(caller, id, (ctx) => ops.getHwInfo(this.env, ctx, device));
+  }
+
+  /** Reads go through the FIFO too, so they see every earlier request's effect. */
+  listObjects(caller: Caller, id: string): Promise<ObjectView[]> {
+    return this.inContext(caller, id, async (ctx) => listViews(ctx.registry));
+  }
+
+  /**
+   * Subscribes to a context's events. The snapshot and the subscription are
+   * taken in the context's FIFO, so no event falls between them. While any
+   * watcher remains the client is present; when the last leaves without
+   * CloseContext, the context is torn down after the grace period.
+   */
+  watch(caller: Caller, id: string, listener: (event: SequencedEvent) => void): Promise<{ snapshot: ObjectView[]; stop: () => void }> {
+    return this.inContext(caller, id, async (ctx) => {
+      const unsubscribe = ctx.subscribe(listener);
+      let stopped = false;
+      const stop = () => {
+        if (stopped) return;
+        stopped = true;
+        unsubscribe();
+        if (ctx.state === 'open' && ctx.watcherCount === 0) {
+          ctx.armAbandonTimer(this.options.clientGoneGraceMs, () => this.onAbandoned(ctx));
+        }
+      };
+      return { snapshot: listViews(ctx.registry), stop };
+    });
+  }
+
+  listDevices(): DeviceView[] {
+    return this.inventory.list();
+  }
+
+  assignDevice(deviceId: string, tenant: TenantId): DeviceView {
+    const device = this.inventory.resolve(deviceId, 'device_id');
+    this.inventory.assign(device, tenant);
+    this.log.info({ deviceId: device.id, tenant }, 'device assigned');
+    return this.inventory.view(device);
+  }
+
+  unassignDevice(deviceId: string): DeviceView {
+    const device = this.inventory.resolve(deviceId, 'device_id');
+    this.inventory.unassign(device);
+    this.log.info({ deviceId: device.id }, 'device unassigned');
+    return this.inventory.view(device);
+  }
+
+  listContexts(tenant?: TenantId): ContextSummary[] {
+    const out: ContextSummary[] = [];
+    for (const ctx of this.contexts.values()) {
+      if (tenant && ctx.tenant !== tenant) continue;
+      const deviceIds = [...ctx.registry.liveOfKind('DEVICE')].map((d) => d.deviceId as string);
+      out.push({
+        id: ctx.id,
+        tenant: ctx.tenant,
+        label: ctx.label,
+        openedAt: ctx.openedAt,
+        objectCount: ctx.registry.liveCount,
+        deviceIds,
+        watchers: ctx.watcherCount,
+        leaseSeconds: ctx.leaseSeconds,
+        queued: ctx.executor.depth,
+      });
+    }
+    return out;
+  }
+
+  /** Refuses new work; with `teardownAll`, closes every context in the legal order. */
+  async shutdown(teardownAll: boolean): Promise<void> {
+    this.shuttingDown = true;
+    const contexts = [...this.contexts.values()];
+    if (teardownAll) {
+      await Promise.all(contexts.map((ctx) => ctx.executor.run(() => this.teardownContext(ctx, 'forced'))));
+    }
+    for (const ctx of contexts) ctx.stopTimers();
+  }
+
+  private refuseWhenShuttingDown(): void {
+    if (this.shuttingDown) throw new BrokerError('SHUTTING_DOWN', 'the broker is shutting down; retry against the restarted daemon');
+  }
+
+  /** Finds a context the caller may use. Another tenant's context does not exist for the caller. */
+  private contextFor(caller: Caller, id: string): Context {
+    this.refuseWhenShuttingDown();
+    if (id === '') throw new BrokerError('MISSING_FIELD', 'context_id is required (from OpenContext)', { field: 'context_id' });
+    const ctx = this.contexts.get(id as ContextId);
+    if (!ctx || (!caller.admin && ctx.tenant !== caller.tenant)) {
+      throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: no open context ${id.slice(0, 80)}`, { field: 'context_id', contextId: id });
+    }
+    ctx.renewLease(() => this.onLeaseExpired(ctx));
+    return ctx;
+  }
+
+  private inContext<T>(caller: Caller, id: string, task: (ctx: Context) => Promise<T>): Promise<T> {
+    let ctx: Context;
+    try {
+      ctx = this.contextFor(caller, id);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return ctx.executor.run(() => {
+      // A request queued behind CloseContext finds the context gone.
+      if (ctx.state !== 'open') {
+        throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: context ${ctx.id} was closed`, { field: 'context_id', contextId: ctx.id });
+      }
+      return task(ctx);
+    });
+  }
+
+  private teardownEnv(ctx: Context): TeardownEnv {
+    return {
+      kernel: this.kernel,
+      log: this.log.child({ contextId: ctx.id }),
+      onDeviceClosed: (device) => {
+        const inv = this.inventory.resolve(device.deviceId, 'device_id');
+        if (inv.boundTo === ctx.id) inv.boundTo = undefined;
+      },
+    };
+  }
+
+  private async teardown(ctx: Context, scope: TeardownScope, reason: TeardownReason): Promise<TeardownReport> {
+    const report = await runTeardown(ctx, this.teardownEnv(ctx), scope, reason);
+    ctx.emit({ type: 'teardown', report });
+    this.options.observer?.teardown?.(report);
+    this.log.info(
+      { contextId: ctx.id, reason, steps: report.steps.length, failures: report.failures.length, vdevicesFoundTombstoned: report.vdevicesFoundTombstoned },
+      'teardown done',
+    );
+    return report;
+  }
+
+  /** Runs inside the context's FIFO. Idempotent: a second close finds nothing to do. */
+  private async teardownContext(ctx: Context, reason: TeardownReason): Promise<TeardownReport> {
+    if (ctx.state !== 'open') {
+      throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: context ${ctx.id} was closed`, { field: 'context_id', contextId: ctx.id });
+    }
+    ctx.state = 'closing';
+    ctx.stopTimers();
+    try {
+      return await this.teardown(ctx, { kind: 'context' }, reason);
+    } finally {
+      ctx.state = 'closed';
+      this.contexts.delete(ctx.id);
+      ctx.emit({ type: 'closed', reason });
+    }
+  }
+
+  private onAbandoned(ctx: Context): void {
+    if (ctx.state !== 'open' || ctx.watcherCount > 0) return;
+    this.log.warn({ contextId: ctx.id, tenant: ctx.tenant }, 'client gone: tearing the context down');
+    ctx.executor.run(() => this.teardownContext(ctx, 'client_gone')).catch(() => undefined);
+  }
+
+  private onLeaseExpired(ctx: Context): void {
+    if (ctx.watcherCount > 0) {
+      ctx.renewLease(() => this.onLeaseExpired(ctx));
+      return;
+    }
+    this.onAbandoned(ctx);
+  }
+}

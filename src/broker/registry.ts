@@ -1,0 +1,139 @@
+/**
+ * One context's objects and the reference graph between them.
+ *
+ * The registry only changes after the kernel call it mirrors succeeded, so it
+ * always equals the kernel's state for this context's iommufd.
+ */
+import type { KernelObjectId } from '../kernel/types.js';
+import { BrokerError } from './errors.js';
+import type { ContextId, Handle } from './ids.js';
+import { holdsOf, labelOf, type BrokerObject, type DeviceObject, type ObjectKind, type ObjectOfKind } from './objects.js';
+
+export class Registry {
+  private readonly objects = new Map<Handle, BrokerObject>();
+  private readonly heldBy = new Map<Handle, Set<Handle>>();
+  private readonly byKernelId = new Map<KernelObjectId, Handle>();
+  private lastHandle = 0;
+  private live = 0;
+
+  constructor(readonly contextId: ContextId) {}
+
+  /** Handles only ever grow: a dead handle can never come to name a new object. */
+  nextHandle(): Handle {
+    return ++this.lastHandle as Handle;
+  }
+
+  get liveCount(): number {
+    return this.live;
+  }
+
+  add(obj: BrokerObject): void {
+    this.objects.set(obj.handle, obj);
+    this.byKernelId.set(obj.kernelId, obj.handle);
+    this.live++;
+    for (const held of holdsOf(obj)) this.addHolder(held, obj.handle);
+  }
+
+  /** Forgets an object the kernel no longer has (destroyed, or freed automatically). */
+  remove(handle: Handle): void {
+    const obj = this.objects.get(handle);
+    if (!obj) return;
+    this.dropReferences(obj);
+    this.objects.delete(handle);
+    this.heldBy.delete(handle);
+  }
+
+  /**
+   * Keeps a dead vDEVICE's handle so later requests naming it learn why it is
+   * gone (VDEVICE_DESTROYED_ON_UNBIND) rather than a bare NOT_FOUND.
+   */
+  tombstone(handle: Handle): void {
+    const obj = this.objects.get(handle);
+    if (!obj || obj.state === 'tombstoned') return;
+    this.dropReferences(obj);
+    obj.state = 'tombstoned';
+  }
+
+  setAttachment(device: DeviceObject, hwpt: Handle | undefined): void {
+    if (device.attached !== undefined) this.removeHolder(device.attached, device.handle);
+    device.attached = hwpt;
+    if (hwpt !== undefined) this.addHolder(hwpt, device.handle);
+  }
+
+  get(handle: Handle): BrokerObject | undefined {
+    return this.objects.get(handle);
+  }
+
+  /** The live object the kernel knows by this ID. */
+  byKernel(id: KernelObjectId): BrokerObject | undefined {
+    const handle = this.byKernelId.get(id);
+    return handle === undefined ? undefined : this.objects.get(handle);
+  }
+
+  /** Handles of the objects holding a reference on `handle`. */
+  holders(handle: Handle): Handle[] {
+    return [...(this.heldBy.get(handle) ?? [])];
+  }
+
+  *all(): IterableIterator<BrokerObject> {
+    yield* this.objects.values();
+  }
+
+  *liveOfKind<K extends ObjectKind>(kind: K): IterableIterator<ObjectOfKind<K>> {
+    for (const obj of this.objects.values()) {
+      if (obj.kind === kind && obj.state === 'live') yield obj as ObjectOfKind<K>;
+    }
+  }
+
+  /**
+   * Resolves a handle a client sent in `field`, requiring one of `kinds`.
+   * Every failure names the field, the handle and what was expected.
+   */
+  resolve<K extends ObjectKind>(handle: Handle, kinds: readonly K[], field: string): ObjectOfKind<K> {
+    const expected = kinds.map(labelOf).join(' or ');
+    if ((handle as number) === 0) {
+      throw new BrokerError('MISSING_FIELD', `${field} is required: give the handle of ${expected}`, { field });
+    }
+    const obj = this.objects.get(handle);
+    if (!obj) {
+      throw new BrokerError(
+        'OBJECT_NOT_FOUND',
+        `${field}: no object with handle ${handle} in context ${this.contextId}`,
+        { field, objects: [handle], contextId: this.contextId },
+      );
+    }
+    if (obj.state === 'tombstoned') {
+      throw new BrokerError(
+        'VDEVICE_DESTROYED_ON_UNBIND',
+        `${field}: vDEVICE ${handle} was destroyed when its device was unbound; allocate a new vDEVICE after binding the device again`,
+        { field, objects: [handle], contextId: this.contextId },
+      );
+    }
+    if (!(kinds as readonly ObjectKind[]).includes(obj.kind)) {
+      throw new BrokerError(
+        'WRONG_OBJECT_TYPE',
+        `${field}: handle ${handle} is ${labelOf(obj.kind)}, expected ${expected}`,
+        { field, objects: [handle], contextId: this.contextId },
+      );
+    }
+    return obj as ObjectOfKind<K>;
+  }
+
+  private dropReferences(obj: BrokerObject): void {
+    for (const held of holdsOf(obj)) this.removeHolder(held, obj.handle);
+    if (obj.state === 'live') {
+      this.live--;
+      if (this.byKernelId.get(obj.kernelId) === obj.handle) this.byKernelId.delete(obj.kernelId);
+    }
+  }
+
+  private addHolder(held: Handle, holder: Handle): void {
+    let set = this.heldBy.get(held);
+    if (!set) this.heldBy.set(held, (set = new Set()));
+    set.add(holder);
+  }
+
+  private removeHolder(held: Handle, holder: Handle): void {
+    this.heldBy.get(held)?.delete(holder);
+  }
+}

@@ -1,0 +1,236 @@
+/**
+ * The one place that decides teardown order (kernel-uapi.md §4.6).
+ *
+ * UnbindDevice, CloseContext, ForceCloseContext, a vanished client and a host
+ * device request all come here. Teardown always completes: a step that keeps
+ * failing is recorded and skipped, and closing the device fd (which never
+ * fails, §4.5) or the iommufd (§4.4) lets the kernel finish the job. The
+ * broker never relies on the kernel to tombstone a vDEVICE (6.13–6.16 do not):
+ * it destroys vDEVICEs itself before closing device fds, and treats ENOENT
+ * from that DESTROY as "the kernel already did" (6.17+).
+ */
+import type { Logger } from 'pino';
+import { isKernelError, type IommufdFile, type KernelBackend } from '../kernel/types.js';
+import type { TeardownAction, TeardownReason, TeardownReport } from './events.js';
+import type { Handle } from './ids.js';
+import type { BrokerObject, DeviceObject, HwptNestedObject, HwptPagingObject } from './objects.js';
+import type { Registry } from './registry.js';
+
+export type TeardownScope = { kind: 'device'; device: DeviceObject } | { kind: 'context' };
+
+export interface TeardownEnv {
+  kernel: KernelBackend;
+  log: Logger;
+  /** Called after a device fd is closed, so the inventory marks it unbound. */
+  onDeviceClosed(device: DeviceObject): void;
+}
+
+export interface TeardownTarget {
+  registry: Registry;
+  iommufd: IommufdFile;
+}
+
+/** Attempts per step: absorbs a transient kernel failure without giving up the order. */
+const STEP_ATTEMPTS = 3;
+
+interface Run {
+  target: TeardownTarget;
+  env: TeardownEnv;
+  scope: TeardownScope;
+  report: TeardownReport;
+}
+
+type Phase = (run: Run) => Promise<void>;
+
+/** The legal order. Phases marked context-only do nothing for a single device. */
+const PHASES: readonly Phase[] = [
+  moveDevicesOffNested, // §4.6 step 4
+  destroyVdevices, // step 5: before any device fd closes, so nothing is tombstoned
+  destroyNestedHwpts, // step 6
+  destroyViommus, // step 7 (context only)
+  detachDevices, // step 8, first half; automatic HWPTs go with their last device
+  destroyPagingHwpts, // step 8, second half (context only)
+  destroyIoases, // step 10 (context only)
+  closeDevices, // step 11, first half
+  sweepOrphanVdevices, // vDEVICEs whose DESTROY failed before close: 0 on 6.13, ENOENT on 6.17
+  closeIommufd, // step 11, second half (context only)
+];
+
+export async function runTeardown(
+  target: TeardownTarget,
+  env: TeardownEnv,
+  scope: TeardownScope,
+  reason: TeardownReason,
+): Promise<TeardownReport> {
+  const report: TeardownReport = { reason, steps: [], vdevicesDestroyed: 0, vdevicesFoundTombstoned: 0, failures: [] };
+  const run: Run = { target, env, scope, report };
+  for (const phase of PHASES) await phase(run);
+  return report;
+}
+
+function inScope(run: Run, device: Handle): boolean {
+  return run.scope.kind === 'context' || run.scope.device.handle === device;
+}
+
+function devicesInScope(run: Run): DeviceObject[] {
+  if (run.scope.kind === 'device') return run.target.registry.get(run.scope.device.handle) ? [run.scope.device] : [];
+  return newestFirst(run.target.registry.liveOfKind('DEVICE'));
+}
+
+function newestFirst<T extends BrokerObject>(objects: Iterable<T>): T[] {
+  return [...objects].sort((a, b) => b.handle - a.handle);
+}
+
+function record(run: Run, action: TeardownAction, obj: BrokerObject): void {
+  run.report.steps.push({ action, handle: obj.handle, kind: obj.kind, kernelId: obj.kernelId });
+}
+
+/** Runs a kernel call with retries; returns the errno it finally failed with, if any. */
+async function attempt(run: Run, obj: BrokerObject, action: TeardownAction, call: () => Promise<void>): Promise<string | undefined> {
+  let errno = 'EIO';
+  for (let i = 1; i <= STEP_ATTEMPTS; i++) {
+    try {
+      await call();
+      return undefined;
+    } catch (err) {
+      if (!isKernelError(err)) throw err;
+      errno = err.errno;
+      // ENOENT is an answer, not a transient failure: the caller interprets it.
+      if (errno === 'ENOENT') return errno;
+      run.env.log.warn({ handle: obj.handle, kind: obj.kind, action, errno, attempt: i }, 'teardown step failed');
+    }
+  }
+  run.report.failures.push({ handle: obj.handle, action, errno });
+  return errno;
+}
+
+async function destroyObject(run: Run, obj: BrokerObject): Promise<boolean> {
+  const { kernel } = run.env;
+  const errno = await attempt(run, obj, 'destroy', () => kernel.destroy(run.target.iommufd, obj.kernelId));
+  if (errno === undefined) {
+    run.target.registry.remove(obj.handle);
+    record(run, 'destroy', obj);
+    return true;
+  }
+  if (errno === 'ENOENT') run.report.failures.push({ handle: obj.handle, action: 'destroy', errno });
+  return false;
+}
+
+function nestParentOf(registry: Registry, nested: HwptNestedObject): HwptPagingObject | undefined {
+  const parent = registry.get(nested.parent);
+  if (parent?.kind === 'HWPT_PAGING') return parent;
+  if (parent?.kind === 'VIOMMU') {
+    const paging = registry.get(parent.nestParent);
+    return paging?.kind === 'HWPT_PAGING' ? paging : undefined;
+  }
+  return undefined;
+}
+
+async function moveDevicesOffNested(run: Run): Promise<void> {
+  const { registry } = run.target;
+  for (const device of devicesInScope(run)) {
+    const hwpt = device.attached === undefined ? undefined : registry.get(device.attached);
+    if (hwpt?.kind !== 'HWPT_NESTED') continue;
+    const parent = nestParentOf(registry, hwpt);
+    if (!parent) continue; // detachDevices takes it off instead
+    const errno = await attempt(run, device, 'move_off_nested', async () => {
+      await run.env.kernel.attachPt(device.file, parent.kernelId);
+    });
+    if (errno !== undefined) continue;
+    registry.setAttachment(device, parent.handle);
+    record(run, 'move_off_nested', device);
+  }
+}
+
+async function settleVdevice(run: Run, obj: BrokerObject): Promise<void> {
+  const errno = await attempt(run, obj, 'destroy', () => run.env.kernel.destroy(run.target.iommufd, obj.kernelId));
+  if (errno !== undefined && errno !== 'ENOENT') return;
+  // Either way the handle stays dead, so clients learn why (VDEVICE_DESTROYED_ON_UNBIND).
+  run.target.registry.tombstone(obj.handle);
+  if (errno === 'ENOENT') {
+    record(run, 'found_tombstoned', obj);
+    run.report.vdevicesFoundTombstoned++;
+  } else {
+    record(run, 'destroy', obj);
+    run.report.vdevicesDestroyed++;
+  }
+}
+
+async function destroyVdevices(run: Run): Promise<void> {
+  for (const vdev of newestFirst(run.target.registry.liveOfKind('VDEVICE'))) {
+    if (inScope(run, vdev.device)) await settleVdevice(run, vdev);
+  }
+}
+
+async function destroyNestedHwpts(run: Run): Promise<void> {
+  const { registry } = run.target;
+  for (const nested of newestFirst(registry.liveOfKind('HWPT_NESTED'))) {
+    if (!inScope(run, nested.allocatedFor)) continue;
+    // Another device still attached to it keeps it: it is not this device's alone.
+    if (run.scope.kind === 'device' && registry.holders(nested.handle).length > 0) continue;
+    await destroyObject(run, nested);
+  }
+}
+
+async function destroyViommus(run: Run): Promise<void> {
+  if (run.scope.kind !== 'context') return;
+  for (const viommu of newestFirst(run.target.registry.liveOfKind('VIOMMU'))) await destroyObject(run, viommu);
+}
+
+/** Drops a device's attachment from the registry, and the automatic HWPT the kernel frees with it. */
+function forgetAttachment(run: Run, device: DeviceObject): void {
+  const { registry } = run.target;
+  const hwpt = device.attached === undefined ? undefined : registry.get(device.attached);
+  registry.setAttachment(device, undefined);
+  if (hwpt?.kind === 'HWPT_PAGING' && hwpt.automatic && registry.holders(hwpt.handle).length === 0) {
+    registry.remove(hwpt.handle);
+    record(run, 'auto_freed', hwpt);
+  }
+}
+
+async function detachDevices(run: Run): Promise<void> {
+  for (const device of devicesInScope(run)) {
+    if (device.attached === undefined) continue;
+    const errno = await attempt(run, device, 'detach', () => run.env.kernel.detachPt(device.file));
+    if (errno !== undefined) continue; // closing the fd detaches it
+    record(run, 'detach', device);
+    forgetAttachment(run, device);
+  }
+}
+
+async function destroyPagingHwpts(run: Run): Promise<void> {
+  if (run.scope.kind !== 'context') return;
+  for (const hwpt of newestFirst(run.target.registry.liveOfKind('HWPT_PAGING'))) {
+    if (!hwpt.automatic) await destroyObject(run, hwpt);
+  }
+}
+
+async function destroyIoases(run: Run): Promise<void> {
+  if (run.scope.kind !== 'context') return;
+  for (const ioas of newestFirst(run.target.registry.liveOfKind('IOAS'))) await destroyObject(run, ioas);
+}
+
+async function closeDevices(run: Run): Promise<void> {
+  for (const device of devicesInScope(run)) {
+    await run.env.kernel.closeDevice(device.file);
+    // close(2) detached it if the detach step could not (§4.5 step 2).
+    if (device.attached !== undefined) forgetAttachment(run, device);
+    run.target.registry.remove(device.handle);
+    record(run, 'close_device', device);
+    run.env.onDeviceClosed(device);
+  }
+}
+
+async function sweepOrphanVdevices(run: Run): Promise<void> {
+  const { registry } = run.target;
+  for (const vdev of newestFirst(registry.liveOfKind('VDEVICE'))) {
+    if (!inScope(run, vdev.device) || registry.get(vdev.device)) continue;
+    await settleVdevice(run, vdev);
+  }
+}
+
+async function closeIommufd(run: Run): Promise<void> {
+  if (run.scope.kind !== 'context') return;
+  await run.env.kernel.closeIommufd(run.target.iommufd);
+  run.report.steps.push({ action: 'close_iommufd', handle: 0 as Handle, kind: undefined, kernelId: undefined });
+}

@@ -1,0 +1,41 @@
+import type { ObjectView } from './events.js';
+import type { BrokerObject } from './objects.js';
+import { holdsOf } from './objects.js';
+import type { Registry } from './registry.js';
+
+export function viewOf(registry: Registry, obj: BrokerObject): ObjectView {
+  const view: ObjectView = {
+    handle: obj.handle,
+    kind: obj.kind,
+    state: obj.state,
+    kernelId: obj.kernelId,
+    holds: holdsOf(obj),
+    heldBy: registry.holders(obj.handle),
+  };
+  switch (obj.kind) {
+    case 'DEVICE':
+      view.deviceId = obj.deviceId;
+      if (obj.attached !== undefined) view.attachedHwpt = obj.attached;
+      break;
+    case 'HWPT_PAGING':
+      view.automatic = obj.automatic;
+      view.nestParent = obj.nestParent;
+      break;
+    case 'VDEVICE':
+      view.virtId = obj.virtId;
+      break;
+    case 'IOAS':
+    case 'HWPT_NESTED':
+    case 'VIOMMU':
+      break;
+    default: {
+      const unreachable: never = obj;
+      throw new Error(`unknown object ${String(unreachable)}`);
+    }
+  }
+  return view;
+}
+
+export function listViews(registry: Registry): ObjectView[] {
+  return [...registry.all()].map((obj) => viewOf(registry, obj)).sort((a, b) => a.handle - b.handle);
+}

@@ -1,0 +1,95 @@
+/** The AdminService subcommands: status, devices, assignment, contexts. */
+import {
+  AssignDeviceResponseSchema,
+  ForceCloseContextResponseSchema,
+  GetStatusResponseSchema,
+  ListContextsResponseSchema,
+  ListDevicesResponseSchema,
+  UnassignDeviceResponseSchema,
+} from '../gen/vfio_broker/v1/admin_pb.js';
+import { positional, stringValue, tenantName } from './args.js';
+import type { ClientCommand } from './client-commands.js';
+import { contextsTable, devicesTable, statusText, teardownText } from './format.js';
+
+const text = positional;
+
+export const ADMIN_COMMANDS: readonly ClientCommand[] = [
+  {
+    name: 'status',
+    group: 'Administration',
+    args: [],
+    summary: 'show the daemon: version, kernel backend and profile, counts',
+    prepare: () => async (api) => {
+      const res = await api.admin.getStatus({}, api.call);
+      api.print(GetStatusResponseSchema, res, () => statusText(res));
+    },
+  },
+  {
+    name: 'devices',
+    group: 'Administration',
+    args: [],
+    summary: 'list the host devices the broker manages',
+    prepare: () => async (api) => {
+      const res = await api.admin.listDevices({}, api.call);
+      api.print(ListDevicesResponseSchema, res, () => devicesTable(res.devices));
+    },
+  },
+  {
+    name: 'assign',
+    group: 'Administration',
+    args: ['DEVICE', 'TENANT'],
+    summary: 'assign a device (PCI address) to a tenant',
+    description: 'Only contexts of TENANT (opened with --tenant TENANT) may bind DEVICE afterwards.',
+    prepare: (p) => {
+      const deviceId = text(p, 'DEVICE');
+      const tenant = tenantName(text(p, 'TENANT'), 'TENANT');
+      return async (api) => {
+        const res = await api.admin.assignDevice({ deviceId, tenant }, api.call);
+        api.print(AssignDeviceResponseSchema, res, () => `assigned ${res.device?.id ?? deviceId} to tenant ${res.device?.tenant ?? tenant}\n`);
+      };
+    },
+  },
+  {
+    name: 'unassign',
+    group: 'Administration',
+    args: ['DEVICE'],
+    summary: 'return a device to the free pool (fails while bound)',
+    prepare: (p) => {
+      const deviceId = text(p, 'DEVICE');
+      return async (api) => {
+        const res = await api.admin.unassignDevice({ deviceId }, api.call);
+        api.print(UnassignDeviceResponseSchema, res, () => `unassigned ${res.device?.id ?? deviceId}\n`);
+      };
+    },
+  },
+  {
+    name: 'contexts',
+    group: 'Administration',
+    args: [],
+    options: { 'for-tenant': { type: 'string', value: 'NAME', help: "only this tenant's contexts" } },
+    summary: 'list open contexts',
+    prepare: (p) => {
+      const forTenant = stringValue(p, 'for-tenant');
+      const tenant = forTenant === undefined ? '' : tenantName(forTenant, '--for-tenant');
+      return async (api) => {
+        const res = await api.admin.listContexts({ tenant }, api.call);
+        api.print(ListContextsResponseSchema, res, () => contextsTable(res.contexts));
+      };
+    },
+  },
+  {
+    name: 'force-close',
+    group: 'Administration',
+    args: ['CTX'],
+    options: { reason: { type: 'string', value: 'TEXT', help: "recorded in the audit log and the context's last event" } },
+    summary: "tear any tenant's context down and print the steps",
+    prepare: (p) => {
+      const contextId = text(p, 'CTX');
+      const reason = stringValue(p, 'reason') ?? '';
+      return async (api) => {
+        const res = await api.admin.forceCloseContext({ contextId, reason }, api.call);
+        api.print(ForceCloseContextResponseSchema, res, () => `closed ${contextId}\n${teardownText(res.teardown)}`);
+      };
+    },
+  },
+];

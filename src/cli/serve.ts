@@ -1,0 +1,121 @@
+/**
+ * `vfio-broker serve`: config file (or the demo config), flag overrides,
+ * startDaemon, and a signal-driven shutdown. Stdout carries only pino logs.
+ */
+import type { Logger } from 'pino';
+import { ConfigError, defaultConfig, loadConfigFile, type BackendName, type Config, type LogLevel } from '../config/config.js';
+import { startDaemon, StartupError, type Daemon } from '../daemon.js';
+import { KERNEL_PROFILES, type KernelProfile } from '../kernel/types.js';
+import { createLogger } from '../obs/log.js';
+import { UsageError, parseChoice, stringValue, type OptionSpecs, type ParsedArgs } from './args.js';
+import type { CliIo } from './io.js';
+
+const BACKENDS: Record<string, BackendName> = { sim: 'sim', linux: 'linux' };
+const LOG_LEVELS: Record<string, LogLevel> = { fatal: 'fatal', error: 'error', warn: 'warn', info: 'info', debug: 'debug', trace: 'trace', silent: 'silent' };
+const PROFILES: Record<string, KernelProfile> = Object.fromEntries(KERNEL_PROFILES.map((p) => [p, p]));
+
+export const SERVE_OPTIONS: OptionSpecs = {
+  config: { type: 'string', value: 'FILE', help: 'JSON config file (default: the demo inventory on the simulated kernel)' },
+  backend: { type: 'string', value: 'sim|linux', help: 'kernel backend (overrides the config)' },
+  socket: { type: 'string', value: 'PATH', help: 'socket to serve on (overrides the config)' },
+  profile: { type: 'string', value: KERNEL_PROFILES.join('|'), help: 'simulated kernel behaviour (overrides sim.profile)' },
+  'log-level': { type: 'string', value: 'LEVEL', help: `${Object.keys(LOG_LEVELS).join('|')} (default: the config's log.level)` },
+};
+
+export const SERVE_DESCRIPTION = `
+Runs the broker daemon in the foreground, serving gRPC on a Unix socket.
+Logs are JSON lines (pino) on stdout. SIGTERM or SIGINT drains calls, tears
+every context down and exits 0; a second signal exits 1 at once.
+
+Without --config, the simulated kernel with its demo inventory is used and no
+device is assigned: assign devices with \`vfio-broker assign DEVICE TENANT\`.
+Startup failures (bad config, socket in use) print one line and exit 2.`;
+
+function overrides(p: ParsedArgs) {
+  const backend = stringValue(p, 'backend');
+  const profile = stringValue(p, 'profile');
+  const level = stringValue(p, 'log-level');
+  const socket = stringValue(p, 'socket');
+  if (socket === '') throw new UsageError('--socket must not be empty');
+  return {
+    backend: backend === undefined ? undefined : parseChoice(backend, '--backend', BACKENDS),
+    profile: profile === undefined ? undefined : parseChoice(profile, '--profile', PROFILES),
+    level: level === undefined ? undefined : parseChoice(level, '--log-level', LOG_LEVELS),
+    socket,
+  };
+}
+
+function startupMessage(err: unknown, config: Config): string {
+  if (err instanceof ConfigError) return `config: ${err.message}`;
+  if (err instanceof StartupError) return err.message;
+  const e = err as NodeJS.ErrnoException;
+  const message = e instanceof Error ? e.message : String(err);
+  if (typeof e?.code === 'string') return `cannot serve on ${config.socket.path}: ${message}`;
+  return `startup failed: ${message} (socket ${config.socket.path})`;
+}
+
+function flush(log: Logger): Promise<void> {
+  return new Promise((resolve) => log.flush(() => resolve()));
+}
+
+/** Resolves with the exit status once the daemon has stopped (or failed to start). */
+export async function serve(p: ParsedArgs, io: CliIo): Promise<number> {
+  const o = overrides(p);
+  const file = stringValue(p, 'config');
+  let config: Config;
+  try {
+    config = file === undefined ? defaultConfig() : loadConfigFile(file);
+  } catch (err) {
+    io.stderr(`vfio-broker serve: ${err instanceof ConfigError ? err.message : String(err)}\n`);
+    return 2;
+  }
+  if (o.backend) config.backend = o.backend;
+  if (o.profile) config.sim.profile = o.profile;
+  if (o.socket) config.socket.path = o.socket;
+  if (o.level) config.log.level = o.level;
+
+  const log = createLogger(config.log.level, io.logDestination);
+  if (file === undefined) log.info({ backend: config.backend, profile: config.sim.profile }, 'no --config: using the built-in demo configuration');
+  if (Object.keys(config.assignments).length === 0) {
+    log.info('no devices are assigned to tenants; assign them with `vfio-broker assign DEVICE TENANT`');
+  }
+
+  let daemon: Daemon;
+  try {
+    daemon = await startDaemon({ config, log });
+  } catch (err) {
+    log.error({ err }, 'startup failed');
+    await flush(log);
+    io.stderr(`vfio-broker serve: ${startupMessage(err, config)}\n`);
+    return 2;
+  }
+
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const unsubscribe = io.onSignal((signal) => {
+      signals += 1;
+      if (signals > 1) {
+        io.stderr(`vfio-broker serve: ${signal} again; exiting before shutdown finished\n`);
+        unsubscribe();
+        io.exit(1);
+        resolve(1);
+        return;
+      }
+      log.info({ signal }, 'shutting down');
+      daemon.stop().then(
+        async () => {
+          unsubscribe();
+          await flush(log);
+          resolve(0);
+        },
+        async (err: unknown) => {
+          unsubscribe();
+          log.error({ err }, 'shutdown failed');
+          await flush(log);
+          io.stderr(`vfio-broker serve: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
+          resolve(1);
+        },
+      );
+    });
+  });
+}

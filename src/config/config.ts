@@ -1,0 +1,178 @@
+/**
+ * Daemon configuration: a JSON file, every key optional, unknown keys refused
+ * with the path of the key so a typo never silently falls back to a default.
+ */
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { KERNEL_PROFILES, type KernelProfile } from '../kernel/types.js';
+
+export type BackendName = 'sim' | 'linux';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export interface SimDeviceConfig {
+  bdf: string;
+  vendorId: number;
+  deviceId: number;
+  iommuGroup: number;
+  cdev?: string;
+  driver?: string;
+  description?: string;
+  iommu?: string;
+}
+
+export interface Config {
+  backend: BackendName;
+  socket: { path: string; mode: number };
+  sim: { profile: KernelProfile; devices: SimDeviceConfig[] | undefined };
+  /** Device (PCI address) → tenant, applied at start. */
+  assignments: Record<string, string>;
+  identity: { defaultTenant: string };
+  teardown: { clientGoneGraceSeconds: number };
+  shutdown: { drainSeconds: number; teardownContexts: boolean };
+  log: { level: LogLevel };
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Where the socket lives when nothing says otherwise: /run for root, the user's runtime dir otherwise. */
+export function defaultSocketPath(): string {
+  if (process.env['VFIO_BROKER_SOCKET']) return process.env['VFIO_BROKER_SOCKET'];
+  if (process.getuid?.() === 0) return '/run/vfio-broker/broker.sock';
+  const runtime = process.env['XDG_RUNTIME_DIR'] ?? path.join(os.tmpdir(), `vfio-broker-${process.getuid?.() ?? 'user'}`);
+  return path.join(runtime, 'vfio-broker', 'broker.sock');
+}
+
+export function defaultConfig(): Config {
+  return {
+    backend: 'sim',
+    socket: { path: defaultSocketPath(), mode: 0o660 },
+    sim: { profile: 'linux-6.17', devices: undefined },
+    assignments: {},
+    identity: { defaultTenant: 'default' },
+    teardown: { clientGoneGraceSeconds: 10 },
+    shutdown: { drainSeconds: 10, teardownContexts: true },
+    log: { level: 'info' },
+  };
+}
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function object(v: unknown, at: string, keys: readonly string[]): Json {
+  if (!isObject(v)) throw new ConfigError(`${at}: expected an object`);
+  for (const key of Object.keys(v)) {
+    if (!keys.includes(key)) throw new ConfigError(`${at}.${key}: unknown setting (known: ${keys.join(', ')})`);
+  }
+  return v;
+}
+
+function str(v: unknown, at: string): string {
+  if (typeof v !== 'string' || v === '') throw new ConfigError(`${at}: expected a non-empty string`);
+  return v;
+}
+
+function num(v: unknown, at: string, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw new ConfigError(`${at}: expected a number in ${min}..${max}`);
+  return v;
+}
+
+function int(v: unknown, at: string, min: number, max: number): number {
+  const n = num(v, at, min, max);
+  if (!Number.isInteger(n)) throw new ConfigError(`${at}: expected an integer`);
+  return n;
+}
+
+function oneOf<T extends string>(v: unknown, at: string, allowed: readonly T[]): T {
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new ConfigError(`${at}: expected one of ${allowed.join(', ')}`);
+  return v as T;
+}
+
+/** Accepts "0660" / "660" (octal, as chmod writes it) or a number. */
+export function parseMode(v: unknown, at: string): number {
+  const mode = typeof v === 'string' && /^0?[0-7]{3}$/.test(v) ? parseInt(v, 8) : typeof v === 'number' ? v : NaN;
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new ConfigError(`${at}: expected an octal file mode such as "0660"`);
+  if (mode & 0o002) throw new ConfigError(`${at}: a world-writable socket would let any local user drive the broker`);
+  return mode;
+}
+
+function simDevice(v: unknown, at: string): SimDeviceConfig {
+  const o = object(v, at, ['bdf', 'vendorId', 'deviceId', 'iommuGroup', 'cdev', 'driver', 'description', 'iommu']);
+  const out: SimDeviceConfig = {
+    bdf: str(o['bdf'], `${at}.bdf`),
+    vendorId: int(o['vendorId'], `${at}.vendorId`, 0, 0xffff),
+    deviceId: int(o['deviceId'], `${at}.deviceId`, 0, 0xffff),
+    iommuGroup: int(o['iommuGroup'], `${at}.iommuGroup`, 0, 0xffff_ffff),
+  };
+  for (const key of ['cdev', 'driver', 'description', 'iommu'] as const) {
+    if (o[key] !== undefined) out[key] = str(o[key], `${at}.${key}`);
+  }
+  return out;
+}
+
+export function parseConfig(raw: unknown, source: string): Config {
+  const cfg = defaultConfig();
+  const top = object(raw, source, ['backend', 'socket', 'sim', 'assignments', 'identity', 'teardown', 'shutdown', 'log']);
+  if (top['backend'] !== undefined) cfg.backend = oneOf(top['backend'], 'backend', ['sim', 'linux'] as const);
+  if (top['socket'] !== undefined) {
+    const s = object(top['socket'], 'socket', ['path', 'mode']);
+    if (s['path'] !== undefined) cfg.socket.path = str(s['path'], 'socket.path');
+    if (s['mode'] !== undefined) cfg.socket.mode = parseMode(s['mode'], 'socket.mode');
+  }
+  if (top['sim'] !== undefined) {
+    const s = object(top['sim'], 'sim', ['profile', 'devices']);
+    if (s['profile'] !== undefined) cfg.sim.profile = oneOf(s['profile'], 'sim.profile', KERNEL_PROFILES);
+    if (s['devices'] !== undefined) {
+      if (!Array.isArray(s['devices'])) throw new ConfigError('sim.devices: expected an array');
+      cfg.sim.devices = s['devices'].map((d, i) => simDevice(d, `sim.devices[${i}]`));
+    }
+  }
+  if (top['assignments'] !== undefined) {
+    const a = top['assignments'];
+    if (!isObject(a)) throw new ConfigError('assignments: expected an object of "PCI address": "tenant"');
+    for (const [device, tenant] of Object.entries(a)) cfg.assignments[device] = str(tenant, `assignments.${device}`);
+  }
+  if (top['identity'] !== undefined) {
+    const i = object(top['identity'], 'identity', ['defaultTenant']);
+    if (i['defaultTenant'] !== undefined) cfg.identity.defaultTenant = str(i['defaultTenant'], 'identity.defaultTenant');
+  }
+  if (top['teardown'] !== undefined) {
+    const t = object(top['teardown'], 'teardown', ['clientGoneGraceSeconds']);
+    if (t['clientGoneGraceSeconds'] !== undefined) cfg.teardown.clientGoneGraceSeconds = num(t['clientGoneGraceSeconds'], 'teardown.clientGoneGraceSeconds', 0, 86_400);
+  }
+  if (top['shutdown'] !== undefined) {
+    const s = object(top['shutdown'], 'shutdown', ['drainSeconds', 'teardownContexts']);
+    if (s['drainSeconds'] !== undefined) cfg.shutdown.drainSeconds = num(s['drainSeconds'], 'shutdown.drainSeconds', 0, 3600);
+    if (s['teardownContexts'] !== undefined) {
+      if (typeof s['teardownContexts'] !== 'boolean') throw new ConfigError('shutdown.teardownContexts: expected true or false');
+      cfg.shutdown.teardownContexts = s['teardownContexts'];
+    }
+  }
+  if (top['log'] !== undefined) {
+    const l = object(top['log'], 'log', ['level']);
+    if (l['level'] !== undefined) cfg.log.level = oneOf(l['level'], 'log.level', LOG_LEVELS);
+  }
+  return cfg;
+}
+
+export function loadConfigFile(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  return parseConfig(raw, file);
+}

@@ -1,0 +1,326 @@
+/**
+ * The simulated kernel backend: file descriptors, the iommufd contexts behind
+ * them and the VFIO device files, wired to the per-ioctl logic in
+ * `iommufd-ioctls.ts` and `vfio.ts`. Behaviour follows kernel-uapi.md; the
+ * sim's IOMMU is the kernel's selftest mock IOMMU (§6.3).
+ *
+ * Methods are async to match KernelBackend but run synchronously: the sim is
+ * single-threaded, so there are never concurrent short-term users (the
+ * EBUSY-from-a-racing-ioctl case of §2 cannot happen here).
+ */
+import {
+  KernelError,
+  kernelId,
+  type DeviceFile,
+  type HwInfo,
+  type HwptAllocArgs,
+  type IommufdFile,
+  type KernelBackend,
+  type KernelCapabilities,
+  type KernelObjectId,
+  type KernelOp,
+  type KernelProfile,
+  type PciFunction,
+  type VdeviceAllocArgs,
+  type ViommuAllocArgs,
+} from '../types.js';
+import { SimFaults } from './faults.js';
+import { IdAllocator } from './ids.js';
+import { DEMO_PCI_FUNCTIONS, validateInventory, type SimPciFunction } from './inventory.js';
+import * as ioctl from './iommufd-ioctls.js';
+import { fail, IommufdContext, SimFailure, type SimObject, type SimObjectType } from './objects.js';
+import { ioctlsFor, PROFILE_TRAITS, type ProfileTraits } from './profiles.js';
+import * as vfio from './vfio.js';
+import type { DeviceBinding, DeviceFileState, IommufdFileState } from './vfio.js';
+
+export interface SimKernelOptions {
+  profile?: KernelProfile;
+  /** Host inventory; defaults to DEMO_PCI_FUNCTIONS. Validated at construction. */
+  devices?: readonly SimPciFunction[];
+}
+
+/** One row of `SimKernel.objects()`: the kernel state tests compare the broker's registry with. */
+export interface SimObjectInfo {
+  id: number;
+  type: SimObjectType;
+  /** Holders other than the ID table itself (§4.2); DESTROY succeeds only at 0. */
+  users: number;
+  /** HWPT_PAGING: created automatically by attaching a device to an IOAS. */
+  auto?: boolean;
+  /** HWPT_PAGING: allocated with NEST_PARENT. */
+  nestParent?: boolean;
+  /** HWPT_NESTED: the stage-2 HWPT_PAGING; VIOMMU: its nest-parent HWPT. */
+  parentId?: number;
+  /** HWPT_PAGING: its IOAS. */
+  ioasId?: number;
+  /** HWPT_NESTED made through a vIOMMU, and VDEVICE: the vIOMMU. */
+  viommuId?: number;
+  /** VDEVICE: its DEVICE while that is bound (absent after a 6.13 unbind). */
+  devId?: number;
+  /** VDEVICE: guest-visible virt_id. */
+  virtId?: bigint;
+  /** DEVICE and VDEVICE: the PCI function. */
+  bdf?: string;
+  /** VIOMMU: physical IOMMU instance. */
+  iommu?: string;
+}
+
+/** First fd number handed out; 0–2 are stdio in a real process. */
+const FIRST_FD = 3;
+
+export class SimKernel implements KernelBackend {
+  readonly name = 'sim' as const;
+  readonly profile: KernelProfile;
+  /** Fault injection; see faults.ts for which calls count. */
+  readonly faults = new SimFaults();
+
+  private readonly traits: ProfileTraits;
+  private readonly inventory: readonly SimPciFunction[];
+  /** One fd table for both kinds of file, lowest free number first like open(2). */
+  private readonly fdNumbers = new IdAllocator(FIRST_FD, 0x7fff_ffff);
+  /** iommufd files whose fd is open or whose context is still alive. */
+  private readonly iommufds = new Map<IommufdFile, IommufdFileState>();
+  private readonly deviceFiles = new Map<DeviceFile, DeviceFileState>();
+  private readonly host: vfio.Host;
+
+  constructor(options: SimKernelOptions = {}) {
+    this.profile = options.profile ?? 'linux-6.17';
+    const traits = PROFILE_TRAITS[this.profile];
+    if (traits === undefined) throw new Error(`unknown sim kernel profile ${String(this.profile)}`);
+    this.traits = traits;
+    this.inventory = validateInventory(options.devices ?? DEMO_PCI_FUNCTIONS);
+    const deviceFiles = this.deviceFiles;
+    this.host = {
+      traits,
+      inventory: this.inventory,
+      *boundDeviceFiles() {
+        for (const df of deviceFiles.values()) {
+          if (df.binding) yield df as DeviceFileState & { binding: DeviceBinding };
+        }
+      },
+    };
+  }
+
+  async probe(): Promise<KernelCapabilities> {
+    return {
+      backend: 'sim',
+      release: this.traits.release,
+      profile: this.profile,
+      ioctls: ioctlsFor(this.traits),
+      selftest: true,
+    };
+  }
+
+  async listPciFunctions(): Promise<PciFunction[]> {
+    return this.inventory.map((f) => ({
+      bdf: f.bdf,
+      vendorId: f.vendorId,
+      deviceId: f.deviceId,
+      iommuGroup: f.iommuGroup,
+      cdev: f.cdev,
+      driver: f.driver,
+      ...(f.description !== undefined ? { description: f.description } : {}),
+    }));
+  }
+
+  async openIommufd(): Promise<IommufdFile> {
+    return this.call('open_iommufd', () => {
+      const handle: IommufdFile = Object.freeze({ kind: 'iommufd', fdNumber: this.allocFd() });
+      this.iommufds.set(handle, { handle, fdOpen: true, refs: 1, ctx: new IommufdContext() });
+      return handle;
+    });
+  }
+
+  /** Drops the fd; the context dies only when no bound device still holds the file (§4.4). */
+  async closeIommufd(file: IommufdFile): Promise<void> {
+    const state = this.iommufds.get(file);
+    if (!state?.fdOpen) return;
+    state.fdOpen = false;
+    this.fdNumbers.free(file.fdNumber);
+    state.refs--;
+    this.releaseIfUnreferenced(state);
+  }
+
+  async openDevice(cdev: string): Promise<DeviceFile> {
+    return this.call('open_device', () => {
+      const pci = this.inventory.find((f) => f.cdev !== undefined && f.cdev === cdev);
+      if (pci === undefined) fail('ENOENT', `/dev/vfio/devices/${cdev} does not exist`);
+      // open() succeeds repeatedly; only one file may bind (§3.15).
+      const handle: DeviceFile = Object.freeze({ kind: 'device', fdNumber: this.allocFd(), cdev });
+      this.deviceFiles.set(handle, { handle, pci, binding: undefined });
+      return handle;
+    });
+  }
+
+  /** Detach, unbind, tombstone/keep the vDEVICE per profile; never fails (§4.5). */
+  async closeDevice(file: DeviceFile): Promise<void> {
+    const df = this.deviceFiles.get(file);
+    if (df === undefined) return;
+    const iommufd = vfio.unbind(this.host, df);
+    this.deviceFiles.delete(file);
+    this.fdNumbers.free(file.fdNumber);
+    if (iommufd) this.releaseIfUnreferenced(iommufd);
+  }
+
+  async bindIommufd(device: DeviceFile, iommufd: IommufdFile): Promise<KernelObjectId> {
+    return this.call('bind_iommufd', () => {
+      const df = this.deviceFile(device);
+      const file = this.iommufds.get(iommufd);
+      return kernelId(vfio.bind(this.host, df, file?.fdOpen ? file : undefined).id);
+    });
+  }
+
+  async attachPt(device: DeviceFile, ptId: KernelObjectId): Promise<KernelObjectId> {
+    return this.call('attach_pt', () => kernelId(vfio.attach(this.host, this.deviceFile(device), ptId)));
+  }
+
+  async detachPt(device: DeviceFile): Promise<void> {
+    return this.call('detach_pt', () => vfio.detach(this.deviceFile(device)));
+  }
+
+  async destroy(iommufd: IommufdFile, id: KernelObjectId): Promise<void> {
+    return this.call('destroy', () => this.context(iommufd).destroyById(id));
+  }
+
+  async ioasAlloc(iommufd: IommufdFile): Promise<KernelObjectId> {
+    return this.call('ioas_alloc', () => kernelId(ioctl.ioasAlloc(this.context(iommufd)).id));
+  }
+
+  async hwptAlloc(iommufd: IommufdFile, args: HwptAllocArgs): Promise<KernelObjectId> {
+    return this.call('hwpt_alloc', () => kernelId(ioctl.hwptAlloc(this.context(iommufd), this.traits, args)));
+  }
+
+  async viommuAlloc(iommufd: IommufdFile, args: ViommuAllocArgs): Promise<KernelObjectId> {
+    return this.call('viommu_alloc', () =>
+      kernelId(ioctl.viommuAlloc(this.context(iommufd), this.traits, args).id),
+    );
+  }
+
+  async vdeviceAlloc(iommufd: IommufdFile, args: VdeviceAllocArgs): Promise<KernelObjectId> {
+    return this.call('vdevice_alloc', () => kernelId(ioctl.vdeviceAlloc(this.context(iommufd), this.traits, args)));
+  }
+
+  async getHwInfo(iommufd: IommufdFile, devId: KernelObjectId): Promise<HwInfo> {
+    return this.call('get_hw_info', () => ioctl.getHwInfo(this.context(iommufd), this.traits, devId));
+  }
+
+  /** Closes every device file, then every iommufd fd, so all contexts are released. */
+  async shutdown(): Promise<void> {
+    for (const handle of [...this.deviceFiles.keys()]) await this.closeDevice(handle);
+    for (const handle of [...this.iommufds.keys()]) await this.closeIommufd(handle);
+  }
+
+  // ---- Introspection for tests (not part of KernelBackend) ----
+
+  /** The context's objects sorted by ID; [] once the context was released. */
+  objects(file: IommufdFile): SimObjectInfo[] {
+    const state = this.iommufds.get(file);
+    return state ? state.ctx.list().map(describe) : [];
+  }
+
+  /** Tombstoned IDs of the context (reserved, ENOENT, never reused until release). */
+  tombstones(file: IommufdFile): number[] {
+    return this.iommufds.get(file)?.ctx.tombstones() ?? [];
+  }
+
+  /** Objects across every live context, including ones whose fd is already closed. */
+  liveObjectCount(): number {
+    let n = 0;
+    for (const s of this.iommufds.values()) n += s.ctx.size;
+    return n;
+  }
+
+  /** Open fds: iommufd fds not yet closed plus device files not yet closed. */
+  openFileCount(): number {
+    let n = this.deviceFiles.size;
+    for (const s of this.iommufds.values()) if (s.fdOpen) n++;
+    return n;
+  }
+
+  /** iommufd contexts not yet released (an fd or a bound device still holds them). */
+  liveContextCount(): number {
+    return this.iommufds.size;
+  }
+
+  /** The HWPT the device is attached to, or undefined when unbound or detached. */
+  attachedPt(device: DeviceFile): KernelObjectId | undefined {
+    const df = this.deviceFiles.get(device);
+    const hwpt = df ? vfio.attachedHwpt(df) : undefined;
+    return hwpt ? kernelId(hwpt.id) : undefined;
+  }
+
+  /** The DEVICE id of a bound device file, or undefined. */
+  boundDevId(device: DeviceFile): KernelObjectId | undefined {
+    const dev = this.deviceFiles.get(device)?.binding?.dev;
+    return dev ? kernelId(dev.id) : undefined;
+  }
+
+  // ---- internals ----
+
+  /** Runs one kernel call: fault injection at entry, SimFailure → KernelError. */
+  private call<T>(op: KernelOp, body: () => T): Promise<T> {
+    try {
+      const injected = this.faults.onCall(op);
+      if (injected !== undefined) throw new KernelError(injected, op, 'injected fault');
+      return Promise.resolve(body());
+    } catch (err) {
+      if (err instanceof SimFailure) return Promise.reject(new KernelError(err.errno, op, err.detail));
+      return Promise.reject(err);
+    }
+  }
+
+  private allocFd(): number {
+    const fd = this.fdNumbers.alloc();
+    if (fd === undefined) throw new Error('sim: fd table exhausted');
+    return fd;
+  }
+
+  /** An iommufd ioctl needs an open iommufd fd; anything else is EBADF. */
+  private context(file: IommufdFile): IommufdContext {
+    const state = this.iommufds.get(file);
+    if (!state?.fdOpen) fail('EBADF', `iommufd fd ${file.fdNumber} is not open`);
+    return state.ctx;
+  }
+
+  private deviceFile(file: DeviceFile): DeviceFileState {
+    const df = this.deviceFiles.get(file);
+    if (df === undefined) fail('EBADF', `device fd ${file.fdNumber} is not open`);
+    return df;
+  }
+
+  /** Final release once the fd and every bound device are gone (§4.4). */
+  private releaseIfUnreferenced(state: IommufdFileState): void {
+    if (state.refs > 0) return;
+    state.ctx.release();
+    this.iommufds.delete(state.handle);
+  }
+}
+
+function describe(obj: SimObject): SimObjectInfo {
+  const base = { id: obj.id, type: obj.type, users: obj.users };
+  switch (obj.type) {
+    case 'DEVICE':
+      return { ...base, bdf: obj.pci.bdf };
+    case 'IOAS':
+      return base;
+    case 'HWPT_PAGING':
+      return { ...base, auto: obj.auto, nestParent: obj.nestParent, ioasId: obj.ioas.id };
+    case 'HWPT_NESTED':
+      return { ...base, parentId: obj.parent.id, ...(obj.viommu ? { viommuId: obj.viommu.id } : {}) };
+    case 'VIOMMU':
+      return { ...base, parentId: obj.hwpt.id, iommu: obj.iommu };
+    case 'VDEVICE':
+      return {
+        ...base,
+        viommuId: obj.viommu.id,
+        virtId: obj.virtId,
+        bdf: obj.bdf,
+        ...(obj.device ? { devId: obj.device.id } : {}),
+      };
+  }
+}
+
+/** Builds a sim backend; `profile` defaults to linux-6.17, `devices` to DEMO_PCI_FUNCTIONS. */
+export function createSimKernel(options: SimKernelOptions = {}): SimKernel {
+  return new SimKernel(options);
+}

@@ -1,0 +1,102 @@
+/** vfio_broker.v1.BrokerService: request decoding and response shaping only. */
+import { create } from '@bufbuild/protobuf';
+import { timestampNow } from '@bufbuild/protobuf/wkt';
+import type { Broker } from '../broker/broker.js';
+import { BrokerError } from '../broker/errors.js';
+import type { SequencedEvent } from '../broker/events.js';
+import { asHandle } from '../broker/ids.js';
+import { BrokerService, HwptKind, ViommuType, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
+import type { MethodsOf, ServiceImpl } from './handlers.js';
+import { hwptKind, objectInfo, teardownReport, viommuType, watchEvent } from './mappers.js';
+
+function outOfRangeEnum(field: string, value: number): BrokerError {
+  return new BrokerError('INVALID_FIELD', `${field}: ${value} is not a known value`, { field });
+}
+
+export function brokerServiceImpl(broker: Broker): ServiceImpl<MethodsOf<typeof BrokerService>> {
+  return {
+    async openContext(req, { caller }) {
+      const contextId = await broker.openContext(caller, req.label, req.leaseSeconds);
+      return { contextId };
+    },
+    async closeContext(req, { caller }) {
+      return { teardown: teardownReport(await broker.closeContext(caller, req.contextId)) };
+    },
+    async bindDevice(req, { caller }) {
+      return { device: objectInfo(await broker.bindDevice(caller, req.contextId, req.deviceId)) };
+    },
+    async unbindDevice(req, { caller }) {
+      return { teardown: teardownReport(await broker.unbindDevice(caller, req.contextId, asHandle(req.device))) };
+    },
+    async attachDevice(req, { caller }) {
+      const { hwpt, replaced } = await broker.attachDevice(caller, req.contextId, asHandle(req.device), asHandle(req.target));
+      return { hwpt: objectInfo(hwpt), replacedHwpt: BigInt(replaced ?? 0) };
+    },
+    async detachDevice(req, { caller }) {
+      const { detached, autoFreed } = await broker.detachDevice(caller, req.contextId, asHandle(req.device));
+      return { detachedHwpt: BigInt(detached ?? 0), automaticHwptFreed: autoFreed };
+    },
+    async allocIoas(req, { caller }) {
+      return { ioas: objectInfo(await broker.allocIoas(caller, req.contextId)) };
+    },
+    async allocHwpt(req, { caller }) {
+      const kind = hwptKind(req.kind);
+      if (kind === undefined && req.kind !== HwptKind.UNSPECIFIED) throw outOfRangeEnum('kind', req.kind);
+      const hwpt = await broker.allocHwpt(caller, req.contextId, {
+        device: asHandle(req.device),
+        kind,
+        parent: asHandle(req.parent),
+        dataType: req.dataType,
+        data: req.data,
+        dirtyTracking: req.dirtyTracking,
+      });
+      return { hwpt: objectInfo(hwpt) };
+    },
+    async allocViommu(req, { caller }) {
+      const type = viommuType(req.type);
+      if (type === undefined && req.type !== ViommuType.UNSPECIFIED) throw outOfRangeEnum('type', req.type);
+      return { viommu: objectInfo(await broker.allocViommu(caller, req.contextId, asHandle(req.device), asHandle(req.nestParent), type)) };
+    },
+    async allocVdevice(req, { caller }) {
+      const vdevice = await broker.allocVdevice(caller, req.contextId, asHandle(req.viommu), asHandle(req.device), req.virtId);
+      return { vdevice: objectInfo(vdevice) };
+    },
+    async destroyObject(req, { caller }) {
+      await broker.destroyObject(caller, req.contextId, asHandle(req.handle));
+      return {};
+    },
+    async getHwInfo(req, { caller }) {
+      const info = await broker.getHwInfo(caller, req.contextId, asHandle(req.device));
+      return { hwInfoType: info.type, data: info.data, capabilities: info.capabilities, maxPasidLog2: info.maxPasidLog2 };
+    },
+    async listObjects(req, { caller }) {
+      return { objects: (await broker.listObjects(caller, req.contextId)).map(objectInfo) };
+    },
+    async watchContext(req, { caller, signal }, send) {
+      // Events that arrive before the snapshot is sent wait, so the stream stays in order.
+      const early: SequencedEvent[] = [];
+      let ready = false;
+      await new Promise<void>((resolve, reject) => {
+        let stop: (() => void) | undefined;
+        const finish = () => {
+          stop?.();
+          resolve();
+        };
+        const deliver = (event: SequencedEvent) => {
+          send(watchEvent(event));
+          if (event.event.type === 'closed') finish();
+        };
+        broker
+          .watch(caller, req.contextId, (event) => (ready ? deliver(event) : early.push(event)))
+          .then(({ snapshot, stop: unsubscribe }) => {
+            stop = unsubscribe;
+            send(create(WatchContextResponseSchema, { sequence: 0n, time: timestampNow(), event: { case: 'ready', value: { objects: snapshot.map(objectInfo) } } }));
+            ready = true;
+            for (const event of early.splice(0)) deliver(event);
+            if (signal.aborted) finish();
+            else signal.addEventListener('abort', finish, { once: true });
+          }, reject);
+      });
+    },
+  };
+}

@@ -1,0 +1,42 @@
+/**
+ * Bridges protobuf-es service descriptors and grpc-js: one generic service
+ * definition and one typed client, so no per-method glue is written by hand.
+ */
+import { fromBinary, toBinary, type DescMethod, type DescService } from '@bufbuild/protobuf';
+import type * as grpc from '@grpc/grpc-js';
+
+export function methodPath(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
+function isStreaming(kind: DescMethod['methodKind'], side: 'request' | 'response'): boolean {
+  switch (kind) {
+    case 'unary':
+      return false;
+    case 'server_streaming':
+      return side === 'response';
+    case 'client_streaming':
+      return side === 'request';
+    case 'bidi_streaming':
+      return true;
+  }
+}
+
+export function methodDefinition(method: DescMethod): grpc.MethodDefinition<unknown, unknown> {
+  return {
+    path: methodPath(method),
+    originalName: method.localName,
+    requestStream: isStreaming(method.methodKind, 'request'),
+    responseStream: isStreaming(method.methodKind, 'response'),
+    requestSerialize: (msg) => Buffer.from(toBinary(method.input, msg as never)),
+    requestDeserialize: (bytes) => fromBinary(method.input, bytes),
+    responseSerialize: (msg) => Buffer.from(toBinary(method.output, msg as never)),
+    responseDeserialize: (bytes) => fromBinary(method.output, bytes),
+  };
+}
+
+export function serviceDefinition(service: DescService): grpc.ServiceDefinition {
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const method of service.methods) definition[method.localName] = methodDefinition(method);
+  return definition;
+}

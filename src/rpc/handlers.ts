@@ -1,0 +1,123 @@
+/**
+ * The one wrapper every RPC goes through: identity, a child logger with a
+ * request ID, error mapping, and the handled-call hook for metrics. Nothing
+ * thrown by a handler escapes it.
+ */
+import { create, type DescMessage, type DescMethod, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
+import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
+import * as grpc from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Caller } from '../broker/broker.js';
+import { toServiceError } from './errors.js';
+import type { IdentityResolver } from './identity.js';
+
+export interface CallContext {
+  caller: Caller;
+  log: Logger;
+  /** Fires once when the client goes away before the call finished. */
+  signal: AbortSignal;
+}
+
+export type HandledHook = (method: string, code: grpc.status, seconds: number) => void;
+
+export interface HandlerEnv {
+  log: Logger;
+  identity: IdentityResolver;
+  onHandled?: HandledHook;
+}
+
+type UnaryImpl<I extends DescMessage, O extends DescMessage> = (
+  request: MessageShape<I>,
+  call: CallContext,
+) => Promise<MessageInitShape<O>>;
+
+type StreamImpl<I extends DescMessage, O extends DescMessage> = (
+  request: MessageShape<I>,
+  call: CallContext,
+  send: (message: MessageShape<O>) => void,
+) => Promise<void>;
+
+export type ServiceImpl<S extends GenServiceMethods> = {
+  [K in keyof S]: S[K]['methodKind'] extends 'unary'
+    ? UnaryImpl<S[K]['input'], S[K]['output']>
+    : StreamImpl<S[K]['input'], S[K]['output']>;
+};
+
+function elapsed(start: bigint): number {
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
+function callContext(env: HandlerEnv, method: DescMethod, call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>) {
+  const controller = new AbortController();
+  // grpc-js also emits 'cancelled' after a normal end; callers ignore it once done.
+  call.on('cancelled', () => controller.abort());
+  const requestId = randomUUID();
+  const caller = env.identity.resolve(call);
+  const log = env.log.child({ requestId, method: method.name, tenant: caller.tenant });
+  return { caller, log, signal: controller.signal };
+}
+
+export function grpcHandlers<S extends GenServiceMethods>(
+  service: GenService<S>,
+  impl: ServiceImpl<S>,
+  env: HandlerEnv,
+): grpc.UntypedServiceImplementation {
+  const handlers: grpc.UntypedServiceImplementation = {};
+  for (const method of service.methods) {
+    const fn = (impl as Record<string, unknown>)[method.localName];
+    const name = `${service.name}/${method.name}`;
+    if (method.methodKind === 'unary') {
+      const unary = fn as UnaryImpl<DescMessage, DescMessage>;
+      handlers[method.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        const start = process.hrtime.bigint();
+        let log = env.log;
+        const fail = (err: unknown) => {
+          const status = toServiceError(err);
+          if (status.code === grpc.status.INTERNAL) log.error({ err }, 'request failed');
+          else log.debug({ code: grpc.status[status.code], message: status.details }, 'request refused');
+          env.onHandled?.(name, status.code, elapsed(start));
+          callback(status);
+        };
+        try {
+          const ctx = callContext(env, method, call);
+          log = ctx.log;
+          unary(call.request as MessageShape<DescMessage>, ctx).then((result) => {
+            env.onHandled?.(name, grpc.status.OK, elapsed(start));
+            callback(null, create(method.output, result));
+          }, fail);
+        } catch (err) {
+          fail(err);
+        }
+      }) as grpc.handleUnaryCall<unknown, unknown>;
+    } else if (method.methodKind === 'server_streaming') {
+      const stream = fn as StreamImpl<DescMessage, DescMessage>;
+      handlers[method.localName] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
+        const start = process.hrtime.bigint();
+        let log = env.log;
+        const finish = (err?: unknown) => {
+          if (err === undefined) {
+            env.onHandled?.(name, grpc.status.OK, elapsed(start));
+            call.end();
+            return;
+          }
+          const status = toServiceError(err);
+          if (status.code === grpc.status.INTERNAL) log.error({ err }, 'stream failed');
+          env.onHandled?.(name, status.code, elapsed(start));
+          call.emit('error', status);
+        };
+        try {
+          const ctx = callContext(env, method, call);
+          log = ctx.log;
+          stream(call.request as MessageShape<DescMessage>, ctx, (message) => call.write(message)).then(() => finish(), finish);
+        } catch (err) {
+          finish(err);
+        }
+      }) as grpc.handleServerStreamingCall<unknown, unknown>;
+    }
+  }
+  return handlers;
+}
+
+/** The method shapes of a generated service, for `ServiceImpl<MethodsOf<typeof X>>`. */
+export type MethodsOf<T> = T extends GenService<infer S> ? S : never;

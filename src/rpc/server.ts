@@ -1,0 +1,116 @@
+/**
+ * The gRPC server on a Unix socket: stale-socket handling, explicit mode,
+ * the two services, health and reflection.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { promises as fs } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Broker } from '../broker/broker.js';
+import { AdminService } from '../gen/vfio_broker/v1/admin_pb.js';
+import { BrokerService } from '../gen/vfio_broker/v1/broker_pb.js';
+import { adminServiceImpl } from './admin-service.js';
+import { brokerServiceImpl } from './broker-service.js';
+import { serviceDefinition } from './codec.js';
+import { grpcHandlers, type HandledHook } from './handlers.js';
+import type { IdentityResolver } from './identity.js';
+import { addReflection } from './reflection.js';
+
+export const MAX_MESSAGE_BYTES = 1 << 20;
+export const SERVICE_NAMES = [BrokerService.typeName, AdminService.typeName] as const;
+
+export interface ServerOptions {
+  socketPath: string;
+  /** File mode of the socket, e.g. 0o660. */
+  socketMode: number;
+  broker: Broker;
+  log: Logger;
+  identity: IdentityResolver;
+  onHandled?: HandledHook;
+}
+
+export interface RunningServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+  address: string;
+  /** Health for every service: readiness follows this. */
+  setServing(serving: boolean): void;
+  /** Stops accepting calls and waits up to `graceMs` for in-flight ones. */
+  stop(graceMs: number): Promise<void>;
+}
+
+class StartupError extends Error {}
+
+async function isListening(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+/** A socket file left by a daemon that died is removed; a live one or a non-socket is refused. */
+export async function prepareSocketPath(socketPath: string): Promise<void> {
+  await fs.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  let stat;
+  try {
+    stat = await fs.lstat(socketPath);
+  } catch {
+    return;
+  }
+  if (!stat.isSocket()) throw new StartupError(`${socketPath} exists and is not a socket; refusing to remove it`);
+  if (await isListening(socketPath)) throw new StartupError(`another process is serving on ${socketPath}; stop it first`);
+  await fs.unlink(socketPath);
+}
+
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const { broker, log } = options;
+  await prepareSocketPath(options.socketPath);
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': 4 * MAX_MESSAGE_BYTES,
+  });
+  const env = { log, identity: options.identity, ...(options.onHandled ? { onHandled: options.onHandled } : {}) };
+  server.addService(serviceDefinition(BrokerService), grpcHandlers(BrokerService, brokerServiceImpl(broker), env));
+  server.addService(serviceDefinition(AdminService), grpcHandlers(AdminService, adminServiceImpl(broker), env));
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAMES[0]]: 'SERVING', [SERVICE_NAMES[1]]: 'SERVING' });
+  health.addToServer(server);
+  addReflection(server);
+
+  const address = `unix:${options.socketPath}`;
+  await new Promise<void>((resolve, reject) => {
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+  });
+  // Set explicitly: the process umask must not decide who may talk to the broker.
+  await fs.chmod(options.socketPath, options.socketMode);
+  log.info({ socket: options.socketPath, mode: options.socketMode.toString(8) }, 'serving');
+
+  const setServing = (serving: boolean) => {
+    for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, serving ? 'SERVING' : 'NOT_SERVING');
+  };
+  return {
+    server,
+    health,
+    address,
+    setServing,
+    async stop(graceMs) {
+      setServing(false);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      await fs.unlink(options.socketPath).catch(() => undefined);
+    },
+  };
+}

@@ -36,13 +36,21 @@ function parseArgsMessage(err: unknown): string {
   switch (e.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
       return `unknown option ${quoted ?? message}`;
-    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
-      return quoted && message.includes('argument missing') ? `option ${quoted.replace(/ <value>$/, '')} needs a value` : message.split('. ')[0] ?? message;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE': {
+      const name = quoted?.replace(/ <value>$/, '');
+      if (name && message.includes('argument missing')) return `option ${name} needs a value`;
+      if (name && message.includes('ambiguous')) return `option ${name} needs a value (for one starting with '-', write ${name}=VALUE)`;
+      return firstLine(message);
+    }
     case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
       return `unexpected argument ${quoted ?? ''}`.trim();
     default:
-      return message;
+      return firstLine(message);
   }
+}
+
+function firstLine(message: string): string {
+  return (message.split('\n')[0] ?? message).replace(/\.$/, '');
 }
 
 /**

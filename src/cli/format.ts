@@ -172,7 +172,7 @@ export function teardownText(r: TeardownReport | undefined): string {
     s.handle === 0n ? '-' : `handle ${s.handle}`,
     s.action === TeardownAction.CLOSE_IOMMUFD || s.type === ObjectType.UNSPECIFIED ? '' : `kernel id ${s.kernelId}`,
   ]);
-  const body = table(['STEP', 'ACTION', 'TYPE', 'HANDLE', 'KERNEL-ID'], rows)
+  const body = table(['', '', '', '', ''], rows)
     .split('\n')
     .slice(1)
     .map((l) => (l ? `  ${l}` : l))

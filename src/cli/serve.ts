@@ -45,13 +45,16 @@ function overrides(p: ParsedArgs) {
   };
 }
 
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** One line: what failed, and the socket when the message does not name it. */
 function startupMessage(err: unknown, config: Config): string {
-  if (err instanceof ConfigError) return `config: ${err.message}`;
-  if (err instanceof StartupError) return err.message;
-  const e = err as NodeJS.ErrnoException;
-  const message = e instanceof Error ? e.message : String(err);
-  if (typeof e?.code === 'string') return `cannot serve on ${config.socket.path}: ${message}`;
-  return `startup failed: ${message} (socket ${config.socket.path})`;
+  const message = errorMessage(err);
+  if (err instanceof ConfigError) return `config: ${message}`;
+  if (err instanceof StartupError || message.includes(config.socket.path)) return `cannot start: ${message}`;
+  return `cannot start on ${config.socket.path}: ${message}`;
 }
 
 function flush(log: Logger): Promise<void> {
@@ -80,42 +83,48 @@ export async function serve(p: ParsedArgs, io: CliIo): Promise<number> {
     log.info('no devices are assigned to tenants; assign them with `vfio-broker assign DEVICE TENANT`');
   }
 
-  let daemon: Daemon;
+  // Subscribed before starting, so a signal during startup stops the daemon once it is up.
+  let signals = 0;
+  let daemon: Daemon | undefined;
+  let finish: (code: number) => void = () => undefined;
+  const done = new Promise<number>((resolve) => (finish = resolve));
+  const stop = (d: Daemon) =>
+    d.stop().then(
+      async () => {
+        unsubscribe();
+        await flush(log);
+        finish(0);
+      },
+      async (err: unknown) => {
+        unsubscribe();
+        log.error({ error: errorMessage(err) }, 'shutdown failed');
+        await flush(log);
+        io.stderr(`vfio-broker serve: shutdown failed: ${errorMessage(err)}\n`);
+        finish(1);
+      },
+    );
+  const unsubscribe = io.onSignal((signal) => {
+    signals += 1;
+    if (signals > 1) {
+      io.stderr(`vfio-broker serve: ${signal} again; exiting before shutdown finished\n`);
+      unsubscribe();
+      io.exit(1);
+      finish(1);
+      return;
+    }
+    log.info({ signal }, 'shutting down');
+    if (daemon) void stop(daemon);
+  });
+
   try {
     daemon = await startDaemon({ config, log });
   } catch (err) {
-    log.error({ err }, 'startup failed');
+    unsubscribe();
+    log.error({ error: errorMessage(err) }, 'startup failed');
     await flush(log);
     io.stderr(`vfio-broker serve: ${startupMessage(err, config)}\n`);
     return 2;
   }
-
-  return new Promise<number>((resolve) => {
-    let signals = 0;
-    const unsubscribe = io.onSignal((signal) => {
-      signals += 1;
-      if (signals > 1) {
-        io.stderr(`vfio-broker serve: ${signal} again; exiting before shutdown finished\n`);
-        unsubscribe();
-        io.exit(1);
-        resolve(1);
-        return;
-      }
-      log.info({ signal }, 'shutting down');
-      daemon.stop().then(
-        async () => {
-          unsubscribe();
-          await flush(log);
-          resolve(0);
-        },
-        async (err: unknown) => {
-          unsubscribe();
-          log.error({ err }, 'shutdown failed');
-          await flush(log);
-          io.stderr(`vfio-broker serve: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
-          resolve(1);
-        },
-      );
-    });
-  });
+  if (signals > 0) void stop(daemon);
+  return done;
 }

@@ -43,7 +43,9 @@ export class SimFaults {
 
   /**
    * The n-th (1-based) counted call from now that matches `opts.ops` fails
-   * with `errno`. Several rules may be pending at once; each fires once.
+   * with `errno`. Several rules may be pending at once; each fires once. If
+   * two come due on the same call, the one registered first gives the errno
+   * and both are used up.
    */
   failNth(n: number, errno: ErrnoName, opts: FaultFilter = {}): void {
     if (!Number.isInteger(n) || n < 1) throw new RangeError(`failNth: n must be a positive integer, got ${n}`);

@@ -1,16 +1,24 @@
 /**
- * Assembles the daemon: kernel backend → broker → gRPC server. Used by
- * `vfio-broker serve` and by the integration tests, so both run the same code.
+ * Assembles the daemon: kernel backend → broker → gRPC server, plus metrics,
+ * audit log and systemd notification. Used by `vfio-broker serve` and by the
+ * integration tests, so both run the same code.
  */
+import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { Broker, type BrokerObserver } from './broker/broker.js';
 import { asTenant, type TenantId } from './broker/ids.js';
 import { Inventory } from './broker/inventory.js';
 import type { Config } from './config/config.js';
+import { instrumentKernel } from './kernel/instrumented.js';
 import { createSimKernel, type SimKernel } from './kernel/sim/index.js';
 import type { KernelBackend } from './kernel/types.js';
+import { FileAuditLog, NO_AUDIT, type AuditSink } from './obs/audit.js';
+import { BrokerMetrics } from './obs/metrics.js';
+import { startMetricsServer, type MetricsServer } from './obs/metrics-server.js';
+import { SdNotifier } from './obs/sd-notify.js';
 import { localTrustIdentity } from './rpc/identity.js';
 import { startServer, type RunningServer } from './rpc/server.js';
+import { VERSION } from './version.js';
 
 export class StartupError extends Error {
   override readonly name = 'StartupError';
@@ -18,10 +26,14 @@ export class StartupError extends Error {
 
 export interface Daemon {
   broker: Broker;
+  /** The backend itself, without instrumentation. */
   kernel: KernelBackend;
   /** The simulated kernel, when that is the backend (tests reach in for faults and state). */
   sim: SimKernel | undefined;
   server: RunningServer;
+  metrics: BrokerMetrics;
+  /** Where /metrics is served, if enabled. */
+  metricsAddress: string | undefined;
   /** Drains calls, optionally tears every context down, and releases the kernel. */
   stop(): Promise<void>;
 }
@@ -46,10 +58,26 @@ function createKernel(config: Config): { kernel: KernelBackend; sim: SimKernel |
   }
 }
 
+function combine(a: BrokerObserver, b: BrokerObserver | undefined): BrokerObserver {
+  if (!b) return a;
+  return {
+    queueWait: (s) => {
+      a.queueWait?.(s);
+      b.queueWait?.(s);
+    },
+    teardown: (r) => {
+      a.teardown?.(r);
+      b.teardown?.(r);
+    },
+  };
+}
+
 export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   const { config, log } = options;
+  const metrics = new BrokerMetrics(VERSION);
   const { kernel, sim } = createKernel(config);
   const capabilities = await kernel.probe();
+  metrics.kernelProbed(capabilities);
   const assignments: Record<string, TenantId> = {};
   for (const [device, tenant] of Object.entries(config.assignments)) assignments[device] = asTenant(tenant);
   let inventory: Inventory;
@@ -60,34 +88,68 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   }
   log.info({ backend: capabilities.backend, release: capabilities.release, profile: capabilities.profile, devices: inventory.size }, 'kernel probed');
   const broker = new Broker({
-    kernel,
+    kernel: instrumentKernel(kernel, metrics.kernelCall),
     log,
     capabilities,
     inventory,
     clientGoneGraceMs: config.teardown.clientGoneGraceSeconds * 1000,
-    ...(options.observer ? { observer: options.observer } : {}),
+    observer: combine(metrics.observer, options.observer),
   });
-  const server = await startServer({
-    socketPath: config.socket.path,
-    socketMode: config.socket.mode,
-    broker,
-    log,
-    identity: localTrustIdentity(config.identity.defaultTenant),
-  });
+  metrics.attachBroker(broker);
+
+  // Everything started so far is undone in reverse if a later step fails.
+  const undo: (() => Promise<void>)[] = [() => kernel.shutdown()];
+  let audit: AuditSink = NO_AUDIT;
+  let metricsServer: MetricsServer | undefined;
+  let server: RunningServer;
+  try {
+    if (config.audit.path) {
+      const file = await FileAuditLog.open(config.audit.path, config.audit.sync);
+      undo.push(() => file.close());
+      audit = file;
+    }
+    server = await startServer({
+      socketPath: config.socket.path,
+      socketMode: config.socket.mode,
+      broker,
+      log,
+      identity: localTrustIdentity(config.identity.defaultTenant),
+      onHandled: (method, code, seconds) => metrics.rpcHandled(method, grpc.status[code], seconds),
+      audit,
+      onAuditResult: (ok) => metrics.auditRecords.inc({ result: ok ? 'written' : 'failed' }),
+    });
+    undo.push(() => server.stop(0));
+    if (config.metrics.address) metricsServer = await startMetricsServer(config.metrics.address, metrics.registry, log);
+  } catch (err) {
+    for (const step of undo.reverse()) await step().catch(() => undefined);
+    throw err;
+  }
+  metrics.ready.set(1);
+  const notifier = SdNotifier.fromEnv();
+  notifier?.send(`READY=1\nSTATUS=serving on ${config.socket.path}\nMAINPID=${process.pid}`);
+  notifier?.startWatchdog();
+
   let stopping: Promise<void> | undefined;
   return {
     broker,
     kernel,
     sim,
     server,
+    metrics,
+    metricsAddress: metricsServer?.address,
     stop() {
       stopping ??= (async () => {
         log.info('draining');
+        notifier?.send('STOPPING=1\nSTATUS=draining');
+        metrics.ready.set(0);
         server.setServing(false);
         // Teardowns queue behind in-flight requests in each context's FIFO, so
         // those finish first; their watch streams then end with a closed event.
         await broker.shutdown(config.shutdown.teardownContexts);
         await server.stop(config.shutdown.drainSeconds * 1000);
+        notifier?.stopWatchdog();
+        await metricsServer?.close();
+        await audit.close();
         await kernel.shutdown();
         log.info('stopped');
       })();

@@ -22,6 +22,8 @@ beforeAll(async () => {
   socket = path.join(dir, 'broker.sock');
   const config = defaultConfig();
   config.socket.path = socket;
+  config.metrics.address = '127.0.0.1:0';
+  config.audit.path = path.join(dir, 'audit.log');
   daemon = await startDaemon({ config, log: createLogger('silent') });
 });
 
@@ -272,7 +274,10 @@ describe('vfio-broker serve', () => {
   it('serves until SIGTERM, then stops and exits 0', async () => {
     const own = path.join(dir, 'serve.sock');
     const io = memoryIo();
-    const serving = run(['serve', '--socket', own, '--log-level', 'silent', '--profile', 'linux-6.13'], io);
+    const serving = run(
+      ['serve', '--socket', own, '--log-level', 'silent', '--profile', 'linux-6.13', '--metrics-address', '127.0.0.1:0', '--audit-log', path.join(dir, 'serve-audit.log')],
+      io,
+    );
     let status: Result = { code: -1, out: '', err: '' };
     for (let i = 0; i < 100; i++) {
       status = await raw('status', '--socket', own, '--json');
@@ -298,12 +303,12 @@ describe('vfio-broker serve', () => {
     expect(typo.code).toBe(2);
     expect(typo.err).toMatch(/sockets: unknown setting/);
 
-    const inUse = await raw('serve', '--socket', socket, '--log-level', 'silent');
+    const inUse = await raw('serve', '--socket', socket, '--log-level', 'silent', '--metrics-address', '', '--audit-log', '');
     expect(inUse.code).toBe(2);
     expect(inUse.err).toMatch(/^vfio-broker serve: cannot start: .*another process is serving on .*broker\.sock/);
     expect(inUse.err.trimEnd().split('\n')).toHaveLength(1);
 
-    const linux = await raw('serve', '--backend', 'linux', '--socket', path.join(dir, 'linux.sock'), '--log-level', 'silent');
+    const linux = await raw('serve', '--backend', 'linux', '--socket', path.join(dir, 'linux.sock'), '--log-level', 'silent', '--metrics-address', '', '--audit-log', '');
     expect(linux.code).toBe(2);
     expect(linux.err).toMatch(/linux backend is not available/);
   });

@@ -7,6 +7,7 @@ import {
   ListDevicesResponseSchema,
   UnassignDeviceResponseSchema,
 } from '../gen/vfio_broker/v1/admin_pb.js';
+import { HealthCheckResponseSchema, HealthCheckResponse_ServingStatus } from '../gen/grpc/health/v1/health_pb.js';
 import { positional, stringValue, tenantName } from './args.js';
 import type { ClientCommand } from './client-commands.js';
 import { contextsTable, devicesTable, statusText, teardownText } from './format.js';
@@ -14,6 +15,22 @@ import { contextsTable, devicesTable, statusText, teardownText } from './format.
 const text = positional;
 
 export const ADMIN_COMMANDS: readonly ClientCommand[] = [
+  {
+    name: 'health',
+    group: 'Administration',
+    args: [],
+    options: { service: { type: 'string', value: 'NAME', help: 'a service name such as vfio_broker.v1.BrokerService (default: the whole daemon)' } },
+    summary: 'grpc.health.v1 check; exit 0 when SERVING, 1 otherwise (for probes)',
+    description: 'Readiness follows the kernel probe; a draining daemon reports NOT_SERVING.',
+    prepare: (p) => {
+      const service = stringValue(p, 'service') ?? '';
+      return async (api) => {
+        const res = await api.health.check({ service }, api.call);
+        api.print(HealthCheckResponseSchema, res, () => `${HealthCheckResponse_ServingStatus[res.status]}\n`);
+        return res.status === HealthCheckResponse_ServingStatus.SERVING ? 0 : 1;
+      };
+    },
+  },
   {
     name: 'status',
     group: 'Administration',

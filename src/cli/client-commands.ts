@@ -18,6 +18,7 @@ import { UsageError, flag, parseSeconds, stringValue, tenantName, type OptionSpe
 import { CONTEXT_COMMANDS } from './context-commands.js';
 import { connectionErrorLine, isServiceError, serviceErrorLine } from './format.js';
 import type { CliIo } from './io.js';
+import { Health } from '../gen/grpc/health/v1/health_pb.js';
 
 export const DEFAULT_TIMEOUT_SECONDS = 10;
 
@@ -33,6 +34,7 @@ export function clientOptions(): OptionSpecs {
 export interface Api {
   admin: TypedClient<MethodsOf<typeof AdminService>>;
   broker: TypedClient<MethodsOf<typeof BrokerService>>;
+  health: TypedClient<MethodsOf<typeof Health>>;
   call: CallOptions;
   io: CliIo;
   json: boolean;
@@ -51,7 +53,7 @@ export interface ClientCommand {
   /** Without --timeout, no deadline (a stream that lasts as long as the context). */
   streaming?: boolean;
   /** Checks the arguments (throws UsageError) and returns the calls to make. */
-  prepare(p: ParsedArgs): (api: Api) => Promise<void>;
+  prepare(p: ParsedArgs): (api: Api) => Promise<void | number>;
 }
 
 /** Connects, runs the command and returns the exit status (1 on any failure). */
@@ -71,6 +73,7 @@ export async function runClientCommand(command: ClientCommand, p: ParsedArgs, io
   const api: Api = {
     admin: createClient(AdminService, channel),
     broker: createClient(BrokerService, channel),
+    health: createClient(Health, channel),
     call: timeout === undefined ? { metadata } : { metadata, deadlineMs: timeout * 1000 },
     io,
     json,
@@ -79,8 +82,7 @@ export async function runClientCommand(command: ClientCommand, p: ParsedArgs, io
     },
   };
   try {
-    await action(api);
-    return 0;
+    return (await action(api)) ?? 0;
   } catch (err) {
     if (!isServiceError(err)) throw err;
     io.stderr(`${connectionErrorLine(err, socket, timeout) ?? serviceErrorLine(err)}\n`);

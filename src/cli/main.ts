@@ -3,7 +3,7 @@
  * `run` returns the status instead of exiting so the tests drive it in-process;
  * `main` (called by bin/vfio-broker.js) wires it to the real process.
  */
-import { VERSION } from '../rpc/admin-service.js';
+import { VERSION } from '../version.js';
 import { HELP_FLAGS, UsageError, commandHelp, parseCommandArgs, splitCommand } from './args.js';
 import { CLIENT_COMMANDS, clientOptions, findClientCommand, runClientCommand, type ClientCommand } from './client-commands.js';
 import { processIo, type CliIo } from './io.js';

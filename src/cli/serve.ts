@@ -3,7 +3,7 @@
  * startDaemon, and a signal-driven shutdown. Stdout carries only pino logs.
  */
 import type { Logger } from 'pino';
-import { ConfigError, defaultConfig, loadConfigFile, type BackendName, type Config, type LogLevel } from '../config/config.js';
+import { ConfigError, DEFAULT_METRICS_ADDRESS, defaultConfig, loadConfigFile, metricsAddress, type BackendName, type Config, type LogLevel } from '../config/config.js';
 import { startDaemon, StartupError, type Daemon } from '../daemon.js';
 import { KERNEL_PROFILES, type KernelProfile } from '../kernel/types.js';
 import { createLogger } from '../obs/log.js';
@@ -20,6 +20,8 @@ export const SERVE_OPTIONS: OptionSpecs = {
   socket: { type: 'string', value: 'PATH', help: 'socket to serve on (overrides the config)' },
   profile: { type: 'string', value: KERNEL_PROFILES.join('|'), help: 'simulated kernel behaviour (overrides sim.profile)' },
   'log-level': { type: 'string', value: 'LEVEL', help: `${Object.keys(LOG_LEVELS).join('|')} (default: the config's log.level)` },
+  'metrics-address': { type: 'string', value: 'HOST:PORT', help: `Prometheus /metrics listener, "" to disable (default: ${DEFAULT_METRICS_ADDRESS})` },
+  'audit-log': { type: 'string', value: 'FILE', help: 'audit log file, "" to disable (default: /var/log/vfio-broker/audit.log as root)' },
 };
 
 export const SERVE_DESCRIPTION = `
@@ -37,7 +39,17 @@ function overrides(p: ParsedArgs) {
   const level = stringValue(p, 'log-level');
   const socket = stringValue(p, 'socket');
   if (socket === '') throw new UsageError('--socket must not be empty');
+  const metrics = stringValue(p, 'metrics-address');
+  if (metrics !== undefined) {
+    try {
+      metricsAddress(metrics, '--metrics-address');
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
   return {
+    metrics,
+    audit: stringValue(p, 'audit-log'),
     backend: backend === undefined ? undefined : parseChoice(backend, '--backend', BACKENDS),
     profile: profile === undefined ? undefined : parseChoice(profile, '--profile', PROFILES),
     level: level === undefined ? undefined : parseChoice(level, '--log-level', LOG_LEVELS),
@@ -76,6 +88,8 @@ export async function serve(p: ParsedArgs, io: CliIo): Promise<number> {
   if (o.profile) config.sim.profile = o.profile;
   if (o.socket) config.socket.path = o.socket;
   if (o.level) config.log.level = o.level;
+  if (o.metrics !== undefined) config.metrics.address = o.metrics;
+  if (o.audit !== undefined) config.audit.path = o.audit;
 
   const log = createLogger(config.log.level, io.logDestination);
   if (file === undefined) log.info({ backend: config.backend, profile: config.sim.profile }, 'no --config: using the built-in demo configuration');

@@ -32,6 +32,10 @@ export interface Config {
   teardown: { clientGoneGraceSeconds: number };
   shutdown: { drainSeconds: number; teardownContexts: boolean };
   log: { level: LogLevel };
+  /** HOST:PORT of the Prometheus listener; empty to disable. */
+  metrics: { address: string };
+  /** Audit log file; empty to disable. */
+  audit: { path: string; sync: 'fdatasync' | 'none' };
 }
 
 export class ConfigError extends Error {
@@ -46,6 +50,15 @@ export function defaultSocketPath(): string {
   return path.join(runtime, 'vfio-broker', 'broker.sock');
 }
 
+/** Persistent state for the audit log: /var/log for root, the user's state dir otherwise. */
+export function defaultAuditPath(): string {
+  if (process.getuid?.() === 0) return '/var/log/vfio-broker/audit.log';
+  const state = process.env['XDG_STATE_HOME'] ?? path.join(os.homedir(), '.local', 'state');
+  return path.join(state, 'vfio-broker', 'audit.log');
+}
+
+export const DEFAULT_METRICS_ADDRESS = '127.0.0.1:9473';
+
 export function defaultConfig(): Config {
   return {
     backend: 'sim',
@@ -56,6 +69,8 @@ export function defaultConfig(): Config {
     teardown: { clientGoneGraceSeconds: 10 },
     shutdown: { drainSeconds: 10, teardownContexts: true },
     log: { level: 'info' },
+    metrics: { address: DEFAULT_METRICS_ADDRESS },
+    audit: { path: defaultAuditPath(), sync: 'fdatasync' },
   };
 }
 
@@ -118,7 +133,7 @@ function simDevice(v: unknown, at: string): SimDeviceConfig {
 
 export function parseConfig(raw: unknown, source: string): Config {
   const cfg = defaultConfig();
-  const top = object(raw, source, ['backend', 'socket', 'sim', 'assignments', 'identity', 'teardown', 'shutdown', 'log']);
+  const top = object(raw, source, ['backend', 'socket', 'sim', 'assignments', 'identity', 'teardown', 'shutdown', 'log', 'metrics', 'audit']);
   if (top['backend'] !== undefined) cfg.backend = oneOf(top['backend'], 'backend', ['sim', 'linux'] as const);
   if (top['socket'] !== undefined) {
     const s = object(top['socket'], 'socket', ['path', 'mode']);
@@ -158,7 +173,28 @@ export function parseConfig(raw: unknown, source: string): Config {
     const l = object(top['log'], 'log', ['level']);
     if (l['level'] !== undefined) cfg.log.level = oneOf(l['level'], 'log.level', LOG_LEVELS);
   }
+  if (top['metrics'] !== undefined) {
+    const m = object(top['metrics'], 'metrics', ['address']);
+    if (m['address'] !== undefined) cfg.metrics.address = metricsAddress(m['address'], 'metrics.address');
+  }
+  if (top['audit'] !== undefined) {
+    const a = object(top['audit'], 'audit', ['path', 'sync']);
+    if (a['path'] !== undefined) {
+      if (typeof a['path'] !== 'string') throw new ConfigError('audit.path: expected a file path, or "" to disable the audit log');
+      cfg.audit.path = a['path'];
+    }
+    if (a['sync'] !== undefined) cfg.audit.sync = oneOf(a['sync'], 'audit.sync', ['fdatasync', 'none'] as const);
+  }
   return cfg;
+}
+
+/** HOST:PORT, [v6]:PORT, or "" to disable. */
+export function metricsAddress(v: unknown, at: string): string {
+  if (v === '') return '';
+  if (typeof v !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/.test(v) || Number(v.slice(v.lastIndexOf(':') + 1)) > 65535) {
+    throw new ConfigError(`${at}: expected HOST:PORT such as ${DEFAULT_METRICS_ADDRESS}, or "" to disable`);
+  }
+  return v;
 }
 
 export function loadConfigFile(file: string): Config {

@@ -8,7 +8,8 @@ import type { MethodsOf, ServiceImpl } from './handlers.js';
 import { validTenantName } from './identity.js';
 import { deviceMessage, teardownReport } from './mappers.js';
 
-export const VERSION = '0.1.0';
+export { VERSION } from '../version.js';
+import { VERSION } from '../version.js';
 
 function requireAdmin(caller: Caller): void {
   if (!caller.admin) throw new BrokerError('PERMISSION_DENIED', 'this call needs the admin role');

@@ -10,6 +10,9 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Caller } from '../broker/broker.js';
 import { toServiceError } from './errors.js';
+import { errorInfoOf } from './status.js';
+import type { AuditRecord, AuditSink } from '../obs/audit.js';
+import { auditFields, isMutating } from './audit-fields.js';
 import type { IdentityResolver } from './identity.js';
 
 export interface CallContext {
@@ -25,6 +28,26 @@ export interface HandlerEnv {
   log: Logger;
   identity: IdentityResolver;
   onHandled?: HandledHook;
+  /** Mutating calls are recorded here before the client hears the result. */
+  audit?: AuditSink;
+  onAuditResult?: (ok: boolean) => void;
+}
+
+/** Writes the audit line for a finished mutating call; never throws. */
+async function audit(
+  env: HandlerEnv,
+  log: Logger,
+  entry: Omit<AuditRecord, 'time'>,
+): Promise<void> {
+  if (!env.audit) return;
+  try {
+    await env.audit.record({ time: new Date().toISOString(), ...entry });
+    env.onAuditResult?.(true);
+  } catch (err) {
+    // The mutation already happened: the client still gets its result, operators get an alert.
+    env.onAuditResult?.(false);
+    log.error({ err, operation: entry.operation }, 'audit record could not be written');
+  }
 }
 
 type UnaryImpl<I extends DescMessage, O extends DescMessage> = (
@@ -71,20 +94,46 @@ export function grpcHandlers<S extends GenServiceMethods>(
       const unary = fn as UnaryImpl<DescMessage, DescMessage>;
       handlers[method.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
         const start = process.hrtime.bigint();
+        const request = call.request as MessageShape<DescMessage>;
+        const mutating = isMutating(method) && env.audit !== undefined;
         let log = env.log;
+        let who = { tenant: '', peer: call.getPeer() };
+        const record = (result: 'ok' | 'error', code: grpc.status, response?: MessageShape<DescMessage>, err?: grpc.ServiceError) => {
+          if (!mutating) return Promise.resolve();
+          const info = err ? errorInfoOf(err) : undefined;
+          const objects = { ...auditFields(method.input, request), ...(response ? auditFields(method.output, response, 'out.') : {}) };
+          const contextId = objects['context_id'];
+          delete objects['context_id'];
+          return audit(env, log, {
+            ...who,
+            operation: name,
+            ...(contextId ? { contextId } : {}),
+            objects,
+            result,
+            code: grpc.status[code],
+            ...(info?.reason ? { reason: info.reason } : {}),
+            ...(info?.metadata['errno'] ? { errno: info.metadata['errno'] } : {}),
+          });
+        };
         const fail = (err: unknown) => {
           const status = toServiceError(err);
           if (status.code === grpc.status.INTERNAL) log.error({ err }, 'request failed');
           else log.debug({ code: grpc.status[status.code], message: status.details }, 'request refused');
-          env.onHandled?.(name, status.code, elapsed(start));
-          callback(status);
+          void record('error', status.code, undefined, status).then(() => {
+            env.onHandled?.(name, status.code, elapsed(start));
+            callback(status);
+          });
         };
         try {
           const ctx = callContext(env, method, call);
           log = ctx.log;
-          unary(call.request as MessageShape<DescMessage>, ctx).then((result) => {
-            env.onHandled?.(name, grpc.status.OK, elapsed(start));
-            callback(null, create(method.output, result));
+          who = { tenant: ctx.caller.tenant, peer: ctx.caller.peer };
+          unary(request, ctx).then((result) => {
+            const response = create(method.output, result);
+            void record('ok', grpc.status.OK, response).then(() => {
+              env.onHandled?.(name, grpc.status.OK, elapsed(start));
+              callback(null, response);
+            });
           }, fail);
         } catch (err) {
           fail(err);

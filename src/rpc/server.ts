@@ -14,7 +14,8 @@ import { BrokerService } from '../gen/vfio_broker/v1/broker_pb.js';
 import { adminServiceImpl } from './admin-service.js';
 import { brokerServiceImpl } from './broker-service.js';
 import { serviceDefinition } from './codec.js';
-import { grpcHandlers, type HandledHook } from './handlers.js';
+import { grpcHandlers, type HandledHook, type HandlerEnv } from './handlers.js';
+import type { AuditSink } from '../obs/audit.js';
 import type { IdentityResolver } from './identity.js';
 import { addReflection } from './reflection.js';
 
@@ -29,6 +30,8 @@ export interface ServerOptions {
   log: Logger;
   identity: IdentityResolver;
   onHandled?: HandledHook;
+  audit?: AuditSink;
+  onAuditResult?: (ok: boolean) => void;
 }
 
 export interface RunningServer {
@@ -75,7 +78,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': 4 * MAX_MESSAGE_BYTES,
   });
-  const env = { log, identity: options.identity, ...(options.onHandled ? { onHandled: options.onHandled } : {}) };
+  const env: HandlerEnv = { log, identity: options.identity };
+  if (options.onHandled) env.onHandled = options.onHandled;
+  if (options.audit) env.audit = options.audit;
+  if (options.onAuditResult) env.onAuditResult = options.onAuditResult;
   server.addService(serviceDefinition(BrokerService), grpcHandlers(BrokerService, brokerServiceImpl(broker), env));
   server.addService(serviceDefinition(AdminService), grpcHandlers(AdminService, adminServiceImpl(broker), env));
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAMES[0]]: 'SERVING', [SERVICE_NAMES[1]]: 'SERVING' });

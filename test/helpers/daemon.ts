@@ -19,6 +19,7 @@ export type AdminClient = TypedClient<MethodsOf<typeof AdminService>>;
 export interface TestDaemon {
   daemon: Daemon;
   socketPath: string;
+  auditPath: string;
   channel: grpc.Client;
   broker: BrokerClient;
   admin: AdminClient;
@@ -37,6 +38,8 @@ export async function startTestDaemon(
   config.sim.profile = profile;
   config.teardown.clientGoneGraceSeconds = 0.1;
   config.shutdown.drainSeconds = 2;
+  config.metrics.address = '127.0.0.1:0';
+  config.audit.path = path.join(dir, 'audit.log');
   tweak(config);
   const daemon = await startDaemon({ config, log: createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent') });
   const channels: grpc.Client[] = [];
@@ -49,6 +52,7 @@ export async function startTestDaemon(
   return {
     daemon,
     socketPath: config.socket.path,
+    auditPath: config.audit.path,
     channel,
     broker: createClient(BrokerService, channel),
     admin: createClient(AdminService, channel),

@@ -35,6 +35,7 @@ export class SimFaults {
   private calls = 0;
   private nth: NthRule[] = [];
   private random: RandomRule | undefined;
+  private latency: { ms: number; ops: ReadonlySet<KernelOp> | undefined } | undefined;
 
   /** Number of counted kernel calls made so far (failed ones included). */
   get callCount(): number {
@@ -62,10 +63,26 @@ export class SimFaults {
     this.random = { rate, errnos: [...errnos], next: mulberry32(seed), ops: toOpSet(opts.ops) };
   }
 
-  /** Removes every pending rule; `callCount` keeps counting. */
+  /**
+   * Makes matching calls take `ms` before they act, like a large IOAS map or
+   * a device reset on real hardware; 0 removes the delay.
+   */
+  setLatency(ms: number, opts: FaultFilter = {}): void {
+    if (!(ms >= 0)) throw new RangeError(`setLatency: ms must be >= 0, got ${ms}`);
+    this.latency = ms === 0 ? undefined : { ms, ops: toOpSet(opts.ops) };
+  }
+
+  /** How long a call of `op` takes before acting. */
+  latencyOf(op: KernelOp): number {
+    const l = this.latency;
+    return l && (!l.ops || l.ops.has(op)) ? l.ms : 0;
+  }
+
+  /** Removes every pending rule and delay; `callCount` keeps counting. */
   clear(): void {
     this.nth = [];
     this.random = undefined;
+    this.latency = undefined;
   }
 
   /** Called at the entry of every kernel call; returns the errno to inject, if any. */

@@ -259,6 +259,12 @@ export class SimKernel implements KernelBackend {
 
   /** Runs one kernel call: fault injection at entry, SimFailure → KernelError. */
   private call<T>(op: KernelOp, body: () => T): Promise<T> {
+    const delay = this.faults.latencyOf(op);
+    if (delay > 0) return new Promise((resolve) => setTimeout(resolve, delay)).then(() => this.act(op, body));
+    return this.act(op, body);
+  }
+
+  private act<T>(op: KernelOp, body: () => T): Promise<T> {
     try {
       const injected = this.faults.onCall(op);
       if (injected !== undefined) throw new KernelError(injected, op, 'injected fault');

@@ -1,0 +1,25 @@
+/**
+ * The daemon as a separate process, for tests that must kill it (SIGKILL)
+ * or watch it exit. Compiles src/ into .cache/test-dist once per test file,
+ * so the process runs exactly the code under test (not a stale dist/).
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+
+const root = path.resolve(import.meta.dirname, '../..');
+const outDir = path.join(root, '.cache', 'test-dist');
+
+export function buildForChildProcess(): string {
+  execFileSync(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.build.json', '--outDir', outDir], { cwd: root, stdio: 'pipe' });
+  return path.join(outDir, 'cli', 'main.js');
+}
+
+/** Starts `vfio-broker ARGS…`; resolves once the socket answers (the caller polls). */
+export function spawnCli(mainJs: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  const script = `import(${JSON.stringify(mainJs)}).then((m) => m.main())`;
+  return spawn(process.execPath, ['--input-type=module', '-e', script, '--', 'vfio-broker', ...args], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}

@@ -16,13 +16,10 @@ import { FileAuditLog, NO_AUDIT, type AuditSink } from './obs/audit.js';
 import { BrokerMetrics } from './obs/metrics.js';
 import { startMetricsServer, type MetricsServer } from './obs/metrics-server.js';
 import { SdNotifier } from './obs/sd-notify.js';
-import { localTrustIdentity } from './rpc/identity.js';
-import { startServer, type RunningServer } from './rpc/server.js';
+import { startServer, StartupError, type RunningServer } from './rpc/server.js';
 import { VERSION } from './version.js';
 
-export class StartupError extends Error {
-  override readonly name = 'StartupError';
-}
+export { StartupError } from './rpc/server.js';
 
 export interface Daemon {
   broker: Broker;
@@ -113,7 +110,9 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       socketMode: config.socket.mode,
       broker,
       log,
-      identity: localTrustIdentity(config.identity.defaultTenant),
+      socketGid: config.socket.gid,
+      identity: config.identity,
+      tcp: config.tcp,
       onHandled: (method, code, seconds) => metrics.rpcHandled(method, grpc.status[code], seconds),
       audit,
       onAuditResult: (ok) => metrics.auditRecords.inc({ result: ok ? 'written' : 'failed' }),

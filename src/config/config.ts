@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { KERNEL_PROFILES, type KernelProfile } from '../kernel/types.js';
+import type { IdentityRule } from '../rpc/identity.js';
 
 export type BackendName = 'sim' | 'linux';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -24,11 +25,15 @@ export interface SimDeviceConfig {
 
 export interface Config {
   backend: BackendName;
-  socket: { path: string; mode: number };
+  /** `gid`: group given the socket, so its members can connect (with mode 0660). */
+  socket: { path: string; mode: number; gid: number | undefined };
   sim: { profile: KernelProfile; devices: SimDeviceConfig[] | undefined };
   /** Device (PCI address) → tenant, applied at start. */
   assignments: Record<string, string>;
-  identity: { defaultTenant: string };
+  identity: { defaultTenant: string; rules: IdentityRule[] };
+  /** Optional TCP listener for remote agents: mTLS only. */
+  tcp: { address: string; caFile: string; certFile: string; keyFile: string } | undefined;
+  quotas: { default: TenantQuota; tenants: Record<string, Partial<TenantQuota>> };
   teardown: { clientGoneGraceSeconds: number };
   shutdown: { drainSeconds: number; teardownContexts: boolean };
   log: { level: LogLevel };
@@ -37,6 +42,17 @@ export interface Config {
   /** Audit log file; empty to disable. */
   audit: { path: string; sync: 'fdatasync' | 'none' };
 }
+
+export interface TenantQuota {
+  contexts: number;
+  objects: number;
+  pinnedBytes: number;
+  /** Sustained requests per second, with bursts up to `burst`. */
+  requestsPerSecond: number;
+  burst: number;
+}
+
+export const DEFAULT_QUOTA: TenantQuota = { contexts: 64, objects: 4096, pinnedBytes: 1024 ** 4, requestsPerSecond: 2000, burst: 4000 };
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -62,10 +78,12 @@ export const DEFAULT_METRICS_ADDRESS = '127.0.0.1:9473';
 export function defaultConfig(): Config {
   return {
     backend: 'sim',
-    socket: { path: defaultSocketPath(), mode: 0o660 },
+    socket: { path: defaultSocketPath(), mode: 0o660, gid: undefined },
     sim: { profile: 'linux-6.17', devices: undefined },
     assignments: {},
-    identity: { defaultTenant: 'default' },
+    identity: { defaultTenant: 'default', rules: [] },
+    tcp: undefined,
+    quotas: { default: { ...DEFAULT_QUOTA }, tenants: {} },
     teardown: { clientGoneGraceSeconds: 10 },
     shutdown: { drainSeconds: 10, teardownContexts: true },
     log: { level: 'info' },
@@ -133,12 +151,13 @@ function simDevice(v: unknown, at: string): SimDeviceConfig {
 
 export function parseConfig(raw: unknown, source: string): Config {
   const cfg = defaultConfig();
-  const top = object(raw, source, ['backend', 'socket', 'sim', 'assignments', 'identity', 'teardown', 'shutdown', 'log', 'metrics', 'audit']);
+  const top = object(raw, source, ['backend', 'socket', 'sim', 'assignments', 'identity', 'tcp', 'quotas', 'teardown', 'shutdown', 'log', 'metrics', 'audit']);
   if (top['backend'] !== undefined) cfg.backend = oneOf(top['backend'], 'backend', ['sim', 'linux'] as const);
   if (top['socket'] !== undefined) {
-    const s = object(top['socket'], 'socket', ['path', 'mode']);
+    const s = object(top['socket'], 'socket', ['path', 'mode', 'gid']);
     if (s['path'] !== undefined) cfg.socket.path = str(s['path'], 'socket.path');
     if (s['mode'] !== undefined) cfg.socket.mode = parseMode(s['mode'], 'socket.mode');
+    if (s['gid'] !== undefined) cfg.socket.gid = int(s['gid'], 'socket.gid', 0, 0xffff_fffe);
   }
   if (top['sim'] !== undefined) {
     const s = object(top['sim'], 'sim', ['profile', 'devices']);
@@ -154,8 +173,32 @@ export function parseConfig(raw: unknown, source: string): Config {
     for (const [device, tenant] of Object.entries(a)) cfg.assignments[device] = str(tenant, `assignments.${device}`);
   }
   if (top['identity'] !== undefined) {
-    const i = object(top['identity'], 'identity', ['defaultTenant']);
-    if (i['defaultTenant'] !== undefined) cfg.identity.defaultTenant = str(i['defaultTenant'], 'identity.defaultTenant');
+    const i = object(top['identity'], 'identity', ['defaultTenant', 'rules']);
+    if (i['defaultTenant'] !== undefined) cfg.identity.defaultTenant = tenant(i['defaultTenant'], 'identity.defaultTenant');
+    if (i['rules'] !== undefined) {
+      if (!Array.isArray(i['rules'])) throw new ConfigError('identity.rules: expected an array');
+      cfg.identity.rules = i['rules'].map((r, n) => identityRule(r, `identity.rules[${n}]`));
+    }
+  }
+  if (top['tcp'] !== undefined) {
+    const t = object(top['tcp'], 'tcp', ['address', 'caFile', 'certFile', 'keyFile']);
+    const missing = ['address', 'caFile', 'certFile', 'keyFile'].filter((k) => t[k] === undefined);
+    if (missing.length > 0) throw new ConfigError(`tcp: mTLS is required for TCP; missing ${missing.join(', ')}`);
+    cfg.tcp = {
+      address: metricsAddress(t['address'], 'tcp.address') || (() => { throw new ConfigError('tcp.address: expected HOST:PORT'); })(),
+      caFile: str(t['caFile'], 'tcp.caFile'),
+      certFile: str(t['certFile'], 'tcp.certFile'),
+      keyFile: str(t['keyFile'], 'tcp.keyFile'),
+    };
+  }
+  if (top['quotas'] !== undefined) {
+    const q = object(top['quotas'], 'quotas', ['default', 'tenants']);
+    if (q['default'] !== undefined) cfg.quotas.default = { ...cfg.quotas.default, ...quota(q['default'], 'quotas.default') };
+    if (q['tenants'] !== undefined) {
+      const t = q['tenants'];
+      if (!isObject(t)) throw new ConfigError('quotas.tenants: expected an object of tenant: quota');
+      for (const [name, value] of Object.entries(t)) cfg.quotas.tenants[tenant(name, `quotas.tenants.${name}`)] = quota(value, `quotas.tenants.${name}`);
+    }
   }
   if (top['teardown'] !== undefined) {
     const t = object(top['teardown'], 'teardown', ['clientGoneGraceSeconds']);
@@ -186,6 +229,38 @@ export function parseConfig(raw: unknown, source: string): Config {
     if (a['sync'] !== undefined) cfg.audit.sync = oneOf(a['sync'], 'audit.sync', ['fdatasync', 'none'] as const);
   }
   return cfg;
+}
+
+function tenant(v: unknown, at: string): string {
+  const name = str(v, at);
+  if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) throw new ConfigError(`${at}: "${name}" is not a tenant name (lowercase letters, digits, . _ -; at most 63)`);
+  return name;
+}
+
+function identityRule(v: unknown, at: string): IdentityRule {
+  const o = object(v, at, ['uid', 'gid', 'uri', 'dns', 'cn', 'admin', 'tenant']);
+  const selectors = ['uid', 'gid', 'uri', 'dns', 'cn'].filter((k) => o[k] !== undefined);
+  if (selectors.length !== 1) throw new ConfigError(`${at}: give exactly one of uid, gid, uri, dns, cn`);
+  const grants = (o['admin'] === true ? 1 : 0) + (o['tenant'] !== undefined ? 1 : 0);
+  if (grants !== 1 || (o['admin'] !== undefined && o['admin'] !== true)) throw new ConfigError(`${at}: give exactly one of "admin": true or "tenant": NAME`);
+  const rule: IdentityRule = o['admin'] === true ? { admin: true } : { tenant: tenant(o['tenant'], `${at}.tenant`) };
+  if (o['uid'] !== undefined) rule.uid = int(o['uid'], `${at}.uid`, 0, 0xffff_fffe);
+  if (o['gid'] !== undefined) rule.gid = int(o['gid'], `${at}.gid`, 0, 0xffff_fffe);
+  if (o['uri'] !== undefined) rule.uri = str(o['uri'], `${at}.uri`);
+  if (o['dns'] !== undefined) rule.dns = str(o['dns'], `${at}.dns`);
+  if (o['cn'] !== undefined) rule.cn = str(o['cn'], `${at}.cn`);
+  return rule;
+}
+
+function quota(v: unknown, at: string): Partial<TenantQuota> {
+  const o = object(v, at, ['contexts', 'objects', 'pinnedBytes', 'requestsPerSecond', 'burst']);
+  const out: Partial<TenantQuota> = {};
+  if (o['contexts'] !== undefined) out.contexts = int(o['contexts'], `${at}.contexts`, 0, 1_000_000);
+  if (o['objects'] !== undefined) out.objects = int(o['objects'], `${at}.objects`, 0, 100_000_000);
+  if (o['pinnedBytes'] !== undefined) out.pinnedBytes = int(o['pinnedBytes'], `${at}.pinnedBytes`, 0, Number.MAX_SAFE_INTEGER);
+  if (o['requestsPerSecond'] !== undefined) out.requestsPerSecond = num(o['requestsPerSecond'], `${at}.requestsPerSecond`, 0.001, 1_000_000);
+  if (o['burst'] !== undefined) out.burst = int(o['burst'], `${at}.burst`, 1, 10_000_000);
+  return out;
 }
 
 /** HOST:PORT, [v6]:PORT, or "" to disable. */

@@ -16,7 +16,10 @@ import { brokerServiceImpl } from './broker-service.js';
 import { serviceDefinition } from './codec.js';
 import { grpcHandlers, type HandledHook, type HandlerEnv } from './handlers.js';
 import type { AuditSink } from '../obs/audit.js';
-import type { IdentityResolver } from './identity.js';
+import { PeerIdentity, type IdentityConfig } from './identity.js';
+import { listenUnix } from './unix-listener.js';
+import type { PeerCredentials } from './peercred.js';
+import { readFileSync } from 'node:fs';
 import { addReflection } from './reflection.js';
 
 export const MAX_MESSAGE_BYTES = 1 << 20;
@@ -26,9 +29,13 @@ export interface ServerOptions {
   socketPath: string;
   /** File mode of the socket, e.g. 0o660. */
   socketMode: number;
+  /** Group given the socket file, so its members may connect. */
+  socketGid?: number | undefined;
   broker: Broker;
   log: Logger;
-  identity: IdentityResolver;
+  identity: IdentityConfig;
+  /** Optional TCP listener for remote agents; mTLS only, never plaintext. */
+  tcp?: { address: string; caFile: string; certFile: string; keyFile: string } | undefined;
   onHandled?: HandledHook;
   audit?: AuditSink;
   onAuditResult?: (ok: boolean) => void;
@@ -38,13 +45,17 @@ export interface RunningServer {
   server: grpc.Server;
   health: HealthImplementation;
   address: string;
+  /** The mTLS port, when a TCP listener is configured (useful with port 0). */
+  tcpPort: number | undefined;
   /** Health for every service: readiness follows this. */
   setServing(serving: boolean): void;
   /** Stops accepting calls and waits up to `graceMs` for in-flight ones. */
   stop(graceMs: number): Promise<void>;
 }
 
-class StartupError extends Error {}
+export class StartupError extends Error {
+  override readonly name = 'StartupError';
+}
 
 async function isListening(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -78,7 +89,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': 4 * MAX_MESSAGE_BYTES,
   });
-  const env: HandlerEnv = { log, identity: options.identity };
+  // The identity needs the listener's connection table; the listener needs the server.
+  let credentialsOf: (peer: string) => PeerCredentials | undefined = () => undefined;
+  const env: HandlerEnv = { log, identity: new PeerIdentity(options.identity, (peer) => credentialsOf(peer)) };
   if (options.onHandled) env.onHandled = options.onHandled;
   if (options.audit) env.audit = options.audit;
   if (options.onAuditResult) env.onAuditResult = options.onAuditResult;
@@ -88,13 +101,27 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   health.addToServer(server);
   addReflection(server);
 
-  const address = `unix:${options.socketPath}`;
-  await new Promise<void>((resolve, reject) => {
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-  });
+  const unix = await listenUnix(server, options.socketPath, log);
+  credentialsOf = unix.credentialsOf;
   // Set explicitly: the process umask must not decide who may talk to the broker.
   await fs.chmod(options.socketPath, options.socketMode);
-  log.info({ socket: options.socketPath, mode: options.socketMode.toString(8) }, 'serving');
+  if (options.socketGid !== undefined) await fs.chown(options.socketPath, process.getuid?.() ?? 0, options.socketGid);
+  log.info({ socket: options.socketPath, mode: options.socketMode.toString(8), gid: options.socketGid }, 'serving');
+  let tcpPort: number | undefined;
+  if (options.tcp) {
+    const { address, caFile, certFile, keyFile } = options.tcp;
+    try {
+      const creds = grpc.ServerCredentials.createSsl(readFileSync(caFile), [{ cert_chain: readFileSync(certFile), private_key: readFileSync(keyFile) }], true);
+      tcpPort = await new Promise<number>((resolve, reject) => server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
+    } catch (err) {
+      unix.close();
+      server.forceShutdown();
+      // Never include key material: name the files, not their contents.
+      throw new StartupError(`cannot start the mTLS listener on ${address} (ca ${caFile}, cert ${certFile}, key ${keyFile}): ${(err as Error).message.split('\n')[0]}`);
+    }
+    log.info({ tcp: address, port: tcpPort }, 'serving mTLS');
+  }
+  const address = `unix:${options.socketPath}`;
 
   const setServing = (serving: boolean) => {
     for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, serving ? 'SERVING' : 'NOT_SERVING');
@@ -104,8 +131,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     health,
     address,
     setServing,
+    tcpPort,
     async stop(graceMs) {
       setServing(false);
+      unix.close();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           server.forceShutdown();

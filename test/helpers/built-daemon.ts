@@ -15,11 +15,23 @@ export function buildForChildProcess(): string {
 }
 
 /** Starts `vfio-broker ARGS…`; resolves once the socket answers (the caller polls). */
-export function spawnCli(mainJs: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+export function spawnCli(mainJs: string, args: string[], env: NodeJS.ProcessEnv = {}, as?: { uid: number; gid: number }): ChildProcess {
   const script = `import(${JSON.stringify(mainJs)}).then((m) => m.main())`;
   return spawn(process.execPath, ['--input-type=module', '-e', script, '--', 'vfio-broker', ...args], {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(as ?? {}),
   });
+}
+
+/** Runs a CLI command to completion, optionally as another user (a separate client process). */
+export async function runCli(mainJs: string, args: string[], as?: { uid: number; gid: number }): Promise<{ code: number; out: string; err: string }> {
+  const child = spawnCli(mainJs, args, {}, as);
+  let out = '';
+  let err = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const code = await new Promise<number>((resolve) => child.once('exit', (c) => resolve(c ?? -1)));
+  return { code, out, err };
 }

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { Broker, type BrokerObserver } from './broker/broker.js';
 import { asTenant, type TenantId } from './broker/ids.js';
 import { Inventory } from './broker/inventory.js';
+import { Quotas } from './broker/quotas.js';
 import type { Config } from './config/config.js';
 import { instrumentKernel } from './kernel/instrumented.js';
 import { createSimKernel, type SimKernel } from './kernel/sim/index.js';
@@ -91,6 +92,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     inventory,
     clientGoneGraceMs: config.teardown.clientGoneGraceSeconds * 1000,
     observer: combine(metrics.observer, options.observer),
+    quotas: new Quotas(config.quotas.default, config.quotas.tenants),
   });
   metrics.attachBroker(broker);
 

@@ -12,6 +12,7 @@ import { Inventory, type DeviceView } from './inventory.js';
 import * as ops from './operations.js';
 import { runTeardown, type TeardownEnv, type TeardownScope } from './teardown.js';
 import { listViews } from './views.js';
+import { DEFAULT_QUOTA, Quotas } from './quotas.js';
 
 export interface Caller {
   tenant: TenantId;
@@ -33,6 +34,7 @@ export interface BrokerOptions {
   /** How long a context with no watcher left survives before it is torn down. */
   clientGoneGraceMs: number;
   observer?: BrokerObserver;
+  quotas?: Quotas;
 }
 
 export const MAX_LABEL_BYTES = 128;
@@ -56,6 +58,8 @@ export class Broker {
   readonly capabilities: KernelCapabilities;
   readonly startedAt = new Date();
   private readonly contexts = new Map<ContextId, Context>();
+  private readonly byTenant = new Map<TenantId, Set<Context>>();
+  readonly quotas: Quotas;
   private readonly log: Logger;
   private readonly env: ops.OpEnv;
   private shuttingDown = false;
@@ -65,7 +69,12 @@ export class Broker {
     this.inventory = options.inventory;
     this.capabilities = options.capabilities;
     this.log = options.log;
-    this.env = { kernel: options.kernel, inventory: options.inventory };
+    this.quotas = options.quotas ?? new Quotas(DEFAULT_QUOTA);
+    this.env = {
+      kernel: options.kernel,
+      inventory: options.inventory,
+      admitObject: (ctx) => this.quotas.checkObjects(ctx.tenant, this.liveObjectsOf(ctx.tenant)),
+    };
   }
 
   /** Read-only access for diagnostics and tests; requests go through the methods below. */
@@ -94,8 +103,17 @@ export class Broker {
     return n;
   }
 
+  /** Live objects across one tenant's contexts. */
+  liveObjectsOf(tenant: TenantId): number {
+    let n = 0;
+    for (const ctx of this.byTenant.get(tenant) ?? []) n += ctx.registry.liveCount;
+    return n;
+  }
+
   async openContext(caller: Caller, label: string, leaseSeconds: number): Promise<ContextId> {
     this.refuseWhenShuttingDown();
+    if (!caller.admin) this.quotas.admitRequest(caller.tenant);
+    this.quotas.checkContexts(caller.tenant, this.byTenant.get(caller.tenant)?.size ?? 0);
     if (Buffer.byteLength(label) > MAX_LABEL_BYTES) {
       throw new BrokerError('INVALID_FIELD', `label: ${Buffer.byteLength(label)} bytes is over the ${MAX_LABEL_BYTES}-byte limit`, { field: 'label' });
     }
@@ -110,6 +128,9 @@ export class Broker {
     }
     const ctx = new Context(newContextId(), caller.tenant, label, leaseSeconds, iommufd, this.options.observer?.queueWait);
     this.contexts.set(ctx.id, ctx);
+    let own = this.byTenant.get(ctx.tenant);
+    if (!own) this.byTenant.set(ctx.tenant, (own = new Set()));
+    own.add(ctx);
     ctx.renewLease(() => this.onLeaseExpired(ctx));
     this.log.info({ contextId: ctx.id, tenant: caller.tenant, label }, 'context opened');
     return ctx.id;
@@ -264,6 +285,7 @@ export class Broker {
   private inContext<T>(caller: Caller, id: string, task: (ctx: Context) => Promise<T>): Promise<T> {
     let ctx: Context;
     try {
+      if (!caller.admin) this.quotas.admitRequest(caller.tenant);
       ctx = this.contextFor(caller, id);
     } catch (err) {
       return Promise.reject(err);
@@ -311,6 +333,9 @@ export class Broker {
     } finally {
       ctx.state = 'closed';
       this.contexts.delete(ctx.id);
+      const own = this.byTenant.get(ctx.tenant);
+      own?.delete(ctx);
+      if (own?.size === 0) this.byTenant.delete(ctx.tenant);
       ctx.emit({ type: 'closed', reason });
     }
   }

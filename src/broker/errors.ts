@@ -32,6 +32,7 @@ export type ErrorReason =
   | 'KERNEL_PERMISSION'
   | 'KERNEL_ERROR'
   // Callers.
+  | 'QUOTA_EXCEEDED'
   | 'PERMISSION_DENIED'
   | 'SHUTTING_DOWN'
   | 'INTERNAL';
@@ -43,6 +44,8 @@ export interface BrokerErrorInit {
   field?: string | undefined;
   contextId?: string | undefined;
   deviceId?: string | undefined;
+  quota?: string | undefined;
+  quotaLimit?: number | undefined;
 }
 
 export class BrokerError extends Error {
@@ -53,6 +56,8 @@ export class BrokerError extends Error {
   readonly field: string | undefined;
   readonly contextId: string | undefined;
   readonly deviceId: string | undefined;
+  readonly quota: string | undefined;
+  readonly quotaLimit: number | undefined;
 
   constructor(
     readonly reason: ErrorReason,
@@ -66,6 +71,8 @@ export class BrokerError extends Error {
     this.field = init.field;
     this.contextId = init.contextId;
     this.deviceId = init.deviceId;
+    this.quota = init.quota;
+    this.quotaLimit = init.quotaLimit;
   }
 }
 

@@ -17,6 +17,8 @@ import { viewOf } from './views.js';
 export interface OpEnv {
   kernel: KernelBackend;
   inventory: Inventory;
+  /** Refuses (QUOTA_EXCEEDED) when the context's tenant may not create another object. */
+  admitObject(ctx: Context): void;
 }
 
 export type HwptKind = 'paging' | 'nest_parent' | 'nested';
@@ -53,6 +55,7 @@ function created(ctx: Context, handle: Handle): ObjectView {
 export async function bindDevice(env: OpEnv, ctx: Context, rawDeviceId: string): Promise<ObjectView> {
   const device = env.inventory.resolve(rawDeviceId, 'device_id');
   const cdev = env.inventory.checkBindable(device, ctx.tenant);
+  env.admitObject(ctx);
   let file;
   try {
     file = await env.kernel.openDevice(cdev);
@@ -100,6 +103,8 @@ export async function attachDevice(
 ): Promise<{ hwpt: ObjectView; replaced: Handle | undefined }> {
   const device = ctx.registry.resolve(deviceHandle, ['DEVICE'], 'device');
   const target = ctx.registry.resolve(targetHandle, ['IOAS', 'HWPT_PAGING', 'HWPT_NESTED'], 'target');
+  // Attaching to an IOAS may make the kernel create an automatic HWPT.
+  if (target.kind === 'IOAS') env.admitObject(ctx);
   let hwptId;
   try {
     hwptId = await env.kernel.attachPt(device.file, target.kernelId);
@@ -153,6 +158,7 @@ export async function detachDevice(
 }
 
 export async function allocIoas(env: OpEnv, ctx: Context): Promise<ObjectView> {
+  env.admitObject(ctx);
   let id;
   try {
     id = await env.kernel.ioasAlloc(ctx.iommufd);
@@ -198,6 +204,7 @@ export async function allocHwpt(env: OpEnv, ctx: Context, args: AllocHwptArgs): 
       objects: [parent.handle],
     });
   }
+  env.admitObject(ctx);
   const flags = (args.kind === 'nest_parent' ? HWPT_ALLOC_NEST_PARENT : 0) | (args.dirtyTracking ? HWPT_ALLOC_DIRTY_TRACKING : 0);
   let id;
   try {
@@ -228,6 +235,7 @@ export async function allocViommu(env: OpEnv, ctx: Context, deviceHandle: Handle
   if (type === undefined) throw new BrokerError('MISSING_FIELD', 'type is required: ARM_SMMUV3, TEGRA241_CMDQV or SELFTEST', { field: 'type' });
   const device = ctx.registry.resolve(deviceHandle, ['DEVICE'], 'device');
   const parent = ctx.registry.resolve(nestParentHandle, ['HWPT_PAGING'], 'nest_parent');
+  env.admitObject(ctx);
   let id;
   try {
     id = await env.kernel.viommuAlloc(ctx.iommufd, { type: VIOMMU_TYPE[type], devId: device.kernelId, hwptId: parent.kernelId });
@@ -260,6 +268,7 @@ export async function allocVdevice(env: OpEnv, ctx: Context, viommuHandle: Handl
   const device = ctx.registry.resolve(deviceHandle, ['DEVICE'], 'device');
   // 0 reads as "no vDEVICE" in the kernel's event paths (kernel-uapi.md §6.3).
   if (virtId === 0n) throw new BrokerError('INVALID_FIELD', 'virt_id must be non-zero', { field: 'virt_id' });
+  env.admitObject(ctx);
   let id;
   try {
     id = await env.kernel.vdeviceAlloc(ctx.iommufd, { viommuId: viommu.kernelId, devId: device.kernelId, virtId });

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { KERNEL_PROFILES, type KernelProfile } from '../kernel/types.js';
 import type { IdentityRule } from '../rpc/identity.js';
+import { DEFAULT_QUOTA, type TenantQuota } from '../broker/quotas.js';
 
 export type BackendName = 'sim' | 'linux';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -42,17 +43,6 @@ export interface Config {
   /** Audit log file; empty to disable. */
   audit: { path: string; sync: 'fdatasync' | 'none' };
 }
-
-export interface TenantQuota {
-  contexts: number;
-  objects: number;
-  pinnedBytes: number;
-  /** Sustained requests per second, with bursts up to `burst`. */
-  requestsPerSecond: number;
-  burst: number;
-}
-
-export const DEFAULT_QUOTA: TenantQuota = { contexts: 64, objects: 4096, pinnedBytes: 1024 ** 4, requestsPerSecond: 2000, burst: 4000 };
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';

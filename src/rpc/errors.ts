@@ -73,6 +73,8 @@ export function codeForReason(reason: ErrorReason, errno: string | undefined): C
       return codeForErrno(errno ?? 'EIO');
     case 'PERMISSION_DENIED':
       return Code.PERMISSION_DENIED;
+    case 'QUOTA_EXCEEDED':
+      return Code.RESOURCE_EXHAUSTED;
     case 'SHUTTING_DOWN':
       return Code.UNAVAILABLE;
     case 'INTERNAL':
@@ -94,6 +96,8 @@ export function toServiceError(err: unknown): ServiceError {
     if (err.field) metadata['field'] = err.field;
     if (err.contextId) metadata['context_id'] = err.contextId.slice(0, 80);
     if (err.deviceId) metadata['device_id'] = err.deviceId;
+    if (err.quota) metadata['quota'] = err.quota;
+    if (err.quotaLimit !== undefined) metadata['limit'] = String(err.quotaLimit);
     return statusError(codeForReason(err.reason, err.errno), err.message, err.reason, metadata);
   }
   if (isKernelError(err)) {

@@ -8,6 +8,7 @@ import type { Handle } from './ids.js';
 
 export type ErrorReason =
   // Bad input.
+  | 'MALFORMED_REQUEST'
   | 'MISSING_FIELD'
   | 'INVALID_FIELD'
   | 'WRONG_OBJECT_TYPE'

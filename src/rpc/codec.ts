@@ -35,8 +35,15 @@ export function methodDefinition(method: DescMethod): grpc.MethodDefinition<unkn
   };
 }
 
+/**
+ * The server side keeps request bodies as bytes: handlers decode them, so a
+ * malformed body becomes INVALID_ARGUMENT with ErrorInfo like any other bad
+ * input, instead of grpc-js's bare deserialization error.
+ */
 export function serviceDefinition(service: DescService): grpc.ServiceDefinition {
   const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
-  for (const method of service.methods) definition[method.localName] = methodDefinition(method);
+  for (const method of service.methods) {
+    definition[method.localName] = { ...methodDefinition(method), requestDeserialize: (bytes: Buffer) => bytes };
+  }
   return definition;
 }

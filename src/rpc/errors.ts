@@ -44,6 +44,7 @@ export function codeForErrno(errno: string): Code {
 
 export function codeForReason(reason: ErrorReason, errno: string | undefined): Code {
   switch (reason) {
+    case 'MALFORMED_REQUEST':
     case 'MISSING_FIELD':
     case 'INVALID_FIELD':
     case 'WRONG_OBJECT_TYPE':

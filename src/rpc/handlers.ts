@@ -3,12 +3,13 @@
  * request ID, error mapping, and the handled-call hook for metrics. Nothing
  * thrown by a handler escapes it.
  */
-import { create, type DescMessage, type DescMethod, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
+import { create, fromBinary, type DescMessage, type DescMethod, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Caller } from '../broker/broker.js';
+import { BrokerError } from '../broker/errors.js';
 import { toServiceError } from './errors.js';
 import { errorInfoOf } from './status.js';
 import type { AuditRecord, AuditSink } from '../obs/audit.js';
@@ -67,6 +68,15 @@ export type ServiceImpl<S extends GenServiceMethods> = {
     : StreamImpl<S[K]['input'], S[K]['output']>;
 };
 
+/** Decodes a request body; a body that is not the message is the client's error. */
+function decode(method: DescMethod, body: unknown): MessageShape<DescMessage> {
+  try {
+    return fromBinary(method.input, body as Uint8Array);
+  } catch (err) {
+    throw new BrokerError('MALFORMED_REQUEST', `the request body is not a valid ${method.input.typeName}: ${(err as Error).message.slice(0, 120)}`);
+  }
+}
+
 function elapsed(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
@@ -94,7 +104,7 @@ export function grpcHandlers<S extends GenServiceMethods>(
       const unary = fn as UnaryImpl<DescMessage, DescMessage>;
       handlers[method.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
         const start = process.hrtime.bigint();
-        const request = call.request as MessageShape<DescMessage>;
+        let request = create(method.input);
         const mutating = isMutating(method) && env.audit !== undefined;
         let log = env.log;
         let who = { tenant: '', peer: call.getPeer() };
@@ -128,6 +138,7 @@ export function grpcHandlers<S extends GenServiceMethods>(
           const ctx = callContext(env, method, call);
           log = ctx.log;
           who = { tenant: ctx.caller.tenant, peer: ctx.caller.peer };
+          request = decode(method, call.request);
           unary(request, ctx).then((result) => {
             const response = create(method.output, result);
             void record('ok', grpc.status.OK, response).then(() => {
@@ -158,7 +169,7 @@ export function grpcHandlers<S extends GenServiceMethods>(
         try {
           const ctx = callContext(env, method, call);
           log = ctx.log;
-          stream(call.request as MessageShape<DescMessage>, ctx, (message) => call.write(message)).then(() => finish(), finish);
+          stream(decode(method, call.request), ctx, (message) => call.write(message)).then(() => finish(), finish);
         } catch (err) {
           finish(err);
         }

@@ -11,6 +11,7 @@ import { Inventory } from './broker/inventory.js';
 import { Quotas } from './broker/quotas.js';
 import type { Config } from './config/config.js';
 import { instrumentKernel } from './kernel/instrumented.js';
+import { createLinuxKernel } from './kernel/linux/index.js';
 import { createSimKernel, type SimKernel } from './kernel/sim/index.js';
 import type { KernelBackend } from './kernel/types.js';
 import { FileAuditLog, NO_AUDIT, type AuditSink } from './obs/audit.js';
@@ -52,7 +53,7 @@ function createKernel(config: Config): { kernel: KernelBackend; sim: SimKernel |
       return { kernel: sim, sim };
     }
     case 'linux':
-      throw new StartupError('the linux backend is not available in this build yet; run with --backend sim');
+      return { kernel: createLinuxKernel({ allowlist: config.linux.allowlist, selftestDevices: config.linux.selftestDevices }), sim: undefined };
   }
 }
 
@@ -74,7 +75,13 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   const { config, log } = options;
   const metrics = new BrokerMetrics(VERSION);
   const { kernel, sim } = createKernel(config);
-  const capabilities = await kernel.probe();
+  let capabilities;
+  try {
+    capabilities = await kernel.probe();
+  } catch (err) {
+    // e.g. no /dev/iommu: the message names the kernel options and --backend sim.
+    throw new StartupError((err as Error).message);
+  }
   metrics.kernelProbed(capabilities);
   const assignments: Record<string, TenantId> = {};
   for (const [device, tenant] of Object.entries(config.assignments)) assignments[device] = asTenant(tenant);

@@ -29,6 +29,12 @@ export interface Config {
   /** `gid`: group given the socket, so its members can connect (with mode 0660). */
   socket: { path: string; mode: number; gid: number | undefined };
   sim: { profile: KernelProfile; devices: SimDeviceConfig[] | undefined };
+  /**
+   * linux backend: `allowlist` of PCI addresses the broker may list, open and
+   * rebind (absent = list all, rebind none); `selftestDevices` enables
+   * IOMMUFD_TEST mock devices (testing only).
+   */
+  linux: { allowlist: string[] | undefined; selftestDevices: boolean };
   /** Device (PCI address) → tenant, applied at start. */
   assignments: Record<string, string>;
   identity: { defaultTenant: string; rules: IdentityRule[] };
@@ -70,6 +76,7 @@ export function defaultConfig(): Config {
     backend: 'sim',
     socket: { path: defaultSocketPath(), mode: 0o660, gid: undefined },
     sim: { profile: 'linux-6.17', devices: undefined },
+    linux: { allowlist: undefined, selftestDevices: false },
     assignments: {},
     identity: { defaultTenant: 'default', rules: [] },
     tcp: undefined,
@@ -141,7 +148,7 @@ function simDevice(v: unknown, at: string): SimDeviceConfig {
 
 export function parseConfig(raw: unknown, source: string): Config {
   const cfg = defaultConfig();
-  const top = object(raw, source, ['backend', 'socket', 'sim', 'assignments', 'identity', 'tcp', 'quotas', 'teardown', 'shutdown', 'log', 'metrics', 'audit']);
+  const top = object(raw, source, ['backend', 'socket', 'sim', 'linux', 'assignments', 'identity', 'tcp', 'quotas', 'teardown', 'shutdown', 'log', 'metrics', 'audit']);
   if (top['backend'] !== undefined) cfg.backend = oneOf(top['backend'], 'backend', ['sim', 'linux'] as const);
   if (top['socket'] !== undefined) {
     const s = object(top['socket'], 'socket', ['path', 'mode', 'gid']);
@@ -155,6 +162,17 @@ export function parseConfig(raw: unknown, source: string): Config {
     if (s['devices'] !== undefined) {
       if (!Array.isArray(s['devices'])) throw new ConfigError('sim.devices: expected an array');
       cfg.sim.devices = s['devices'].map((d, i) => simDevice(d, `sim.devices[${i}]`));
+    }
+  }
+  if (top['linux'] !== undefined) {
+    const l = object(top['linux'], 'linux', ['allowlist', 'selftestDevices']);
+    if (l['allowlist'] !== undefined) {
+      if (!Array.isArray(l['allowlist'])) throw new ConfigError('linux.allowlist: expected an array of PCI addresses');
+      cfg.linux.allowlist = l['allowlist'].map((a, i) => str(a, `linux.allowlist[${i}]`));
+    }
+    if (l['selftestDevices'] !== undefined) {
+      if (typeof l['selftestDevices'] !== 'boolean') throw new ConfigError('linux.selftestDevices: expected true or false');
+      cfg.linux.selftestDevices = l['selftestDevices'];
     }
   }
   if (top['assignments'] !== undefined) {

@@ -40,7 +40,13 @@ export type KernelOp =
   | 'hwpt_alloc'
   | 'viommu_alloc'
   | 'vdevice_alloc'
-  | 'get_hw_info';
+  | 'get_hw_info'
+  | 'ioas_map'
+  | 'ioas_map_file'
+  | 'ioas_unmap'
+  | 'ioas_iova_ranges'
+  | 'device_get_info'
+  | 'device_reset';
 
 export const KERNEL_OPS: readonly KernelOp[] = [
   'open_iommufd',
@@ -56,6 +62,12 @@ export const KERNEL_OPS: readonly KernelOp[] = [
   'viommu_alloc',
   'vdevice_alloc',
   'get_hw_info',
+  'ioas_map',
+  'ioas_map_file',
+  'ioas_unmap',
+  'ioas_iova_ranges',
+  'device_get_info',
+  'device_reset',
 ];
 
 export class KernelError extends Error {

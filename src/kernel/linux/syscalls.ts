@@ -1,0 +1,172 @@
+/**
+ * libc `open`, `close`, `ioctl` and `uname` through koffi, with errno.
+ *
+ * Failures become `KernelError(errnoName, op)`. errno numbers are translated
+ * with koffi's table for the running platform, so the names stay right on
+ * architectures whose numbering differs from x86_64 (mips, alpha, sparc).
+ *
+ * Sync vs async: a sync koffi call runs on the event-loop thread. Calls that
+ * can sleep in the kernel go through `fn.async`, which runs them on a libuv
+ * worker and captures that thread's errno for the callback (koffi's
+ * AsyncCall::Complete restores it before calling back). Which calls are slow
+ * is decided by the backend; this layer offers both forms. Callers serialise
+ * per context, so issuing one call per context at a time keeps kernel order.
+ */
+import koffi, { type LibraryHandle } from 'koffi';
+import { constants as fsConstants } from 'node:fs';
+import { errnoName, isErrnoName, type ErrnoName } from '../errno.js';
+import { KernelError, type KernelOp } from '../types.js';
+
+/** What failed, for `KernelError`: the KernelBackend op and the syscall/ioctl name for the detail. */
+export interface CallSite {
+  op: KernelOp;
+  what: string;
+}
+
+export interface Utsname {
+  sysname: string;
+  release: string;
+  machine: string;
+}
+
+/**
+ * The syscall surface the backend uses; `createLibcSyscalls()` is the real
+ * one, tests substitute a scripted kernel.
+ */
+export interface Syscalls {
+  /** open(2); returns the fd. */
+  open(path: string, flags: number, site: CallSite): number;
+  /** close(2) off the event loop. Never rejects: Linux frees the fd even when close reports an error. */
+  close(fd: number): Promise<void>;
+  /** ioctl(2) on the event-loop thread, for calls that never sleep for long. Returns the result (≥ 0). */
+  ioctl(fd: number, request: number, arg: Buffer | null, site: CallSite): number;
+  /** ioctl(2) on a worker thread. `arg` (and anything it points to) must stay referenced until it settles. */
+  ioctlAsync(fd: number, request: number, arg: Buffer | null, site: CallSite): Promise<number>;
+  uname(): Utsname;
+}
+
+/**
+ * O_RDWR | O_CLOEXEC. O_CLOEXEC is not in fs.constants; 0o2000000 is its
+ * value on x86, arm, arm64, riscv, s390, ppc, mips and loongarch (alpha,
+ * sparc and parisc differ, and Node does not run there).
+ */
+export const O_CLOEXEC = 0o2000000;
+export const OPEN_RDWR_CLOEXEC = fsConstants.O_RDWR | O_CLOEXEC;
+
+/** errno number → name via the platform table, then errno.ts's generic numbering. */
+export function errnoToName(num: number): ErrnoName | `ERRNO_${number}` {
+  const byName = nativeErrnoNames().get(num);
+  if (byName !== undefined) return byName;
+  return errnoName(num);
+}
+
+let nativeNames: Map<number, ErrnoName> | undefined;
+function nativeErrnoNames(): Map<number, ErrnoName> {
+  if (nativeNames === undefined) {
+    nativeNames = new Map();
+    for (const [name, num] of Object.entries(koffi.os.errno)) {
+      // EDEADLOCK aliases EDEADLK and EWOULDBLOCK aliases EAGAIN; the first name wins.
+      if (isErrnoName(name) && !nativeNames.has(num)) nativeNames.set(num, name);
+    }
+  }
+  return nativeNames;
+}
+
+function fail(errno: number, site: CallSite, extra?: string): KernelError {
+  return new KernelError(errnoToName(errno), site.op, extra ? `${site.what}: ${extra}` : site.what);
+}
+
+type NativeFunction = ReturnType<LibraryHandle['func']>;
+
+interface LibcFunctions {
+  open: NativeFunction;
+  close: NativeFunction;
+  ioctl: NativeFunction;
+  uname: NativeFunction;
+}
+
+/** The _Out_ struct for uname(2): six 65-byte strings on Linux (__NEW_UTS_LEN + 1). */
+const UTS_FIELD = 65;
+
+let libc: LibcFunctions | undefined;
+
+/** Loads libc lazily so importing this module never touches the FFI (e.g. on the sim backend). */
+function loadLibc(): LibcFunctions {
+  if (libc !== undefined) return libc;
+  let lib: LibraryHandle;
+  try {
+    lib = koffi.load('libc.so.6');
+  } catch {
+    // musl and other libcs: the symbols are already in the process (dlopen(NULL)).
+    lib = koffi.load(null);
+  }
+  const str = (n: number) => koffi.array('char', n, 'String');
+  // Anonymous type: a named one would collide if this module is evaluated twice in one process.
+  const utsname = koffi.struct({
+    sysname: str(UTS_FIELD),
+    nodename: str(UTS_FIELD),
+    release: str(UTS_FIELD),
+    version: str(UTS_FIELD),
+    machine: str(UTS_FIELD),
+    domainname: str(UTS_FIELD),
+  });
+  libc = {
+    open: lib.func('int open(const char *path, int flags, int mode)'),
+    close: lib.func('int close(int fd)'),
+    // glibc declares ioctl variadic, and koffi cannot call variadic functions
+    // asynchronously. On the Linux x86_64 and aarch64 ABIs a pointer passed as
+    // the first variadic argument travels in the same register as a fixed
+    // third parameter, so this fixed prototype is call-compatible.
+    ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)'),
+    uname: lib.func('uname', 'int', [koffi.out(koffi.pointer(utsname))]),
+  };
+  return libc;
+}
+
+/** The real syscalls, through koffi. */
+export function createLibcSyscalls(): Syscalls {
+  return {
+    open(path, flags, site) {
+      const { open } = loadLibc();
+      const fd = open(path, flags, 0) as number;
+      if (fd < 0) throw fail(koffi.errno(), site, path);
+      return fd;
+    },
+
+    close(fd) {
+      const { close } = loadLibc();
+      return new Promise<void>((resolve) => {
+        close.async(fd, () => resolve());
+      });
+    },
+
+    ioctl(fd, request, arg, site) {
+      const { ioctl } = loadLibc();
+      const rc = ioctl(fd, request, arg) as number;
+      if (rc < 0) throw fail(koffi.errno(), site);
+      return rc;
+    },
+
+    ioctlAsync(fd, request, arg, site) {
+      const { ioctl } = loadLibc();
+      return new Promise<number>((resolve, reject) => {
+        ioctl.async(fd, request, arg, (err: unknown, rc: number) => {
+          if (err) {
+            reject(err instanceof Error ? err : new Error(String(err)));
+            return;
+          }
+          // Read errno inside the callback: koffi set it from the worker thread for exactly this window.
+          if (rc < 0) reject(fail(koffi.errno(), site));
+          else resolve(rc);
+        });
+      });
+    },
+
+    uname() {
+      const { uname } = loadLibc();
+      const out: Record<string, string> = {};
+      if ((uname(out) as number) < 0) throw new Error(`uname(2) failed: ${errnoToName(koffi.errno())}`);
+      return { sysname: out['sysname'] ?? '', release: out['release'] ?? '', machine: out['machine'] ?? '' };
+    },
+  };
+}

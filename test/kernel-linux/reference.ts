@@ -1,13 +1,14 @@
 /**
- * Parsers for the compiled uAPI reference (../shared/reference/linux-7.2),
- * so the tests compare against the C compiler's output and nothing is
- * written down twice. VFIO_BROKER_UAPI_REF overrides the directory.
+ * Parsers for the compiled uAPI reference (reference/ beside this file, from
+ * the Linux 7.2 headers), so the tests compare against the C compiler's
+ * output and nothing is written down twice. VFIO_BROKER_UAPI_REF overrides
+ * the directory (the real-kernel lane points it at freshly compiled output).
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 export const REFERENCE_DIR =
-  process.env['VFIO_BROKER_UAPI_REF'] ?? fileURLToPath(new URL('../../../shared/reference/linux-7.2/', import.meta.url));
+  process.env['VFIO_BROKER_UAPI_REF'] ?? fileURLToPath(new URL('./reference/', import.meta.url));
 
 export function readReference(file: string): string {
   try {

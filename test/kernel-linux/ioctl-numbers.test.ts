@@ -3,7 +3,7 @@ import { IOCTL, IOCTL_DEFS, IOCTL_NAMES, ioctlIO, ioctlNumbers, ioNoneBits, type
 import { parseLayout, parseUapiTables, readReference } from './reference.js';
 
 const fromLayout = parseLayout(readReference('struct-layout-x86_64.txt')).ioctls;
-const fromTables = parseUapiTables(readReference('../kernel-uapi.md'));
+const fromTables = parseUapiTables(readReference('kernel-uapi.md'));
 
 function isKnown(name: string): name is IoctlName {
   return Object.prototype.hasOwnProperty.call(IOCTL_DEFS, name);

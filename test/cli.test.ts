@@ -252,7 +252,7 @@ describe('vfio-broker CLI', () => {
     expect(busy.code).toBe(1);
     expect(busy.err).toMatch(new RegExp(`^error: FAILED_PRECONDITION: .+ \\[reason=OBJECT_IN_USE errno=EBUSY objects=${ioas},${hwpt}\\b.*\\]\\n$`));
 
-    const missing = await cli('objects', 'ctx-0000');
+    const missing = await cli('objects', 'ctx-000000000000000000000000');
     expect(missing.code).toBe(1);
     expect(missing.err).toMatch(/^error: NOT_FOUND: .+ \[reason=CONTEXT_NOT_FOUND/);
 

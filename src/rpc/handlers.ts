@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import type { Caller } from '../broker/broker.js';
 import { BrokerError } from '../broker/errors.js';
 import { toServiceError } from './errors.js';
+import { validationError } from './validation.js';
 import { errorInfoOf } from './status.js';
 import type { AuditRecord, AuditSink } from '../obs/audit.js';
 import { auditFields, isMutating } from './audit-fields.js';
@@ -70,11 +71,16 @@ export type ServiceImpl<S extends GenServiceMethods> = {
 
 /** Decodes a request body; a body that is not the message is the client's error. */
 function decode(method: DescMethod, body: unknown): MessageShape<DescMessage> {
+  let message: MessageShape<DescMessage>;
   try {
-    return fromBinary(method.input, body as Uint8Array);
+    message = fromBinary(method.input, body as Uint8Array);
   } catch (err) {
     throw new BrokerError('MALFORMED_REQUEST', `the request body is not a valid ${method.input.typeName}: ${(err as Error).message.slice(0, 120)}`);
   }
+  // The buf.validate rules in the proto, enforced before any handler runs.
+  const invalid = validationError(method.input, message);
+  if (invalid) throw invalid;
+  return message;
 }
 
 function elapsed(start: bigint): number {

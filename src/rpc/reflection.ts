@@ -3,7 +3,15 @@
  * `buf curl --list-services` and calls work without .proto files at hand.
  */
 import { toBinary, type DescFile } from '@bufbuild/protobuf';
-import { FileDescriptorProtoSchema, file_google_protobuf_any, file_google_protobuf_timestamp } from '@bufbuild/protobuf/wkt';
+import {
+  FileDescriptorProtoSchema,
+  file_google_protobuf_any,
+  file_google_protobuf_descriptor,
+  file_google_protobuf_duration,
+  file_google_protobuf_field_mask,
+  file_google_protobuf_timestamp,
+} from '@bufbuild/protobuf/wkt';
+import { file_buf_validate_validate } from '@bufbuild/protovalidate/gen/buf/validate/validate_pb.js';
 import { ReflectionService } from '@grpc/reflection';
 import * as protoLoader from '@grpc/proto-loader';
 import type * as grpc from '@grpc/grpc-js';
@@ -18,6 +26,10 @@ import { file_vfio_broker_v1_objects } from '../gen/vfio_broker/v1/objects_pb.js
 const FILES: readonly DescFile[] = [
   file_google_protobuf_any,
   file_google_protobuf_timestamp,
+  file_google_protobuf_descriptor,
+  file_google_protobuf_duration,
+  file_google_protobuf_field_mask,
+  file_buf_validate_validate,
   file_google_rpc_status,
   file_google_rpc_error_details,
   file_grpc_health_v1_health,

@@ -109,7 +109,7 @@ describe('a VM lifecycle over gRPC', () => {
     const ioas = (await td.broker.allocIoas({ contextId }, meta)).ioas!.handle;
     const cases: [Promise<unknown>, grpc.status, string, string][] = [
       [td.broker.allocIoas({ contextId: '' }, meta), grpc.status.INVALID_ARGUMENT, 'MISSING_FIELD', 'context_id'],
-      [td.broker.allocIoas({ contextId: 'ctx-nope' }, meta), grpc.status.NOT_FOUND, 'CONTEXT_NOT_FOUND', 'context_id'],
+      [td.broker.allocIoas({ contextId: 'ctx-000000000000000000000000' }, meta), grpc.status.NOT_FOUND, 'CONTEXT_NOT_FOUND', 'context_id'],
       [td.broker.attachDevice({ contextId, device: ioas, target: ioas }, meta), grpc.status.INVALID_ARGUMENT, 'WRONG_OBJECT_TYPE', 'device'],
       [td.broker.attachDevice({ contextId, device: 0n, target: ioas }, meta), grpc.status.INVALID_ARGUMENT, 'MISSING_FIELD', 'device'],
       [td.broker.destroyObject({ contextId, handle: 999n }, meta), grpc.status.NOT_FOUND, 'OBJECT_NOT_FOUND', 'handle'],

@@ -12,6 +12,7 @@ import { Inventory, type DeviceView } from './inventory.js';
 import * as ops from './operations.js';
 import { runTeardown, type TeardownEnv, type TeardownScope } from './teardown.js';
 import { listViews } from './views.js';
+import { applyTopology, type TopologyResult, type TopologyStep } from './topology.js';
 import { DEFAULT_QUOTA, Quotas } from './quotas.js';
 
 export interface Caller {
@@ -181,6 +182,11 @@ export class Broker {
 
   allocVdevice(caller: Caller, id: string, viommu: Handle, device: Handle, virtId: bigint): Promise<ObjectView> {
     return this.inContext(caller, id, (ctx) => ops.allocVdevice(this.env, ctx, viommu, device, virtId));
+  }
+
+  /** A whole device graph in one request; all steps or none (topology.ts). */
+  applyTopology(caller: Caller, id: string, steps: readonly TopologyStep[]): Promise<TopologyResult[]> {
+    return this.inContext(caller, id, (ctx) => applyTopology(this.env, ctx, steps));
   }
 
   destroyObject(caller: Caller, id: string, handle: Handle): Promise<void> {

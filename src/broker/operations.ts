@@ -326,3 +326,46 @@ export async function getHwInfo(env: OpEnv, ctx: Context, deviceHandle: Handle):
     throw kernelFailure(err, `reading IOMMU hw info for DEVICE ${device.handle}`, [device.handle]);
   }
 }
+
+/** What a device is attached to, so a later step can be undone (ApplyTopology). */
+export interface AttachmentBefore {
+  hwpt: Handle;
+  /** Set when that HWPT was automatic: the kernel frees it on replace, so undo re-attaches to its IOAS. */
+  ioas: Handle | undefined;
+}
+
+export function attachmentTarget(ctx: Context, deviceHandle: Handle): AttachmentBefore | undefined {
+  const device = ctx.registry.resolve(deviceHandle, ['DEVICE'], 'device');
+  const hwpt = device.attached === undefined ? undefined : ctx.registry.get(device.attached);
+  if (!hwpt) return undefined;
+  return { hwpt: hwpt.handle, ioas: hwpt.kind === 'HWPT_PAGING' && hwpt.automatic ? hwpt.ioas : undefined };
+}
+
+export async function restoreAttachment(env: OpEnv, ctx: Context, deviceHandle: Handle, before: AttachmentBefore | undefined): Promise<void> {
+  if (!before) {
+    await detachDevice(env, ctx, deviceHandle);
+    return;
+  }
+  const target = ctx.registry.get(before.hwpt)?.state === 'live' ? before.hwpt : before.ioas;
+  if (target === undefined) throw new BrokerError('INTERNAL', `cannot restore the attachment of DEVICE ${deviceHandle}`);
+  await attachDevice(env, ctx, deviceHandle, target);
+}
+
+/**
+ * Closes a device fd bound by a step being undone. Nothing depends on it any
+ * more (later steps were undone first), so this is the last step of an
+ * unbind without the rest of the teardown.
+ */
+export async function releaseDevice(env: OpEnv, ctx: Context, deviceHandle: Handle): Promise<void> {
+  const device = ctx.registry.resolve(deviceHandle, ['DEVICE'], 'device');
+  await env.kernel.closeDevice(device.file);
+  settleAttachment(ctx, device, undefined);
+  ctx.registry.remove(device.handle);
+  const inv = env.inventory.resolve(device.deviceId, 'device_id');
+  if (inv.boundTo === ctx.id) inv.boundTo = undefined;
+  ctx.emit({ type: 'destroyed', handle: device.handle, kind: 'DEVICE' });
+}
+
+export function asBrokerError(err: unknown, what: string): BrokerError {
+  return kernelFailure(err, what, []);
+}

@@ -1,24 +1,8 @@
 /** The BrokerService subcommands: a context's lifecycle and its iommufd objects. */
 import { toJson, type MessageShape } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
-import {
-  AllocHwptResponseSchema,
-  AllocIoasResponseSchema,
-  AllocVdeviceResponseSchema,
-  AllocViommuResponseSchema,
-  AttachDeviceResponseSchema,
-  BindDeviceResponseSchema,
-  CloseContextResponseSchema,
-  DestroyObjectResponseSchema,
-  DetachDeviceResponseSchema,
-  GetHwInfoResponseSchema,
-  HwptKind,
-  ListObjectsResponseSchema,
-  OpenContextResponseSchema,
-  UnbindDeviceResponseSchema,
-  ViommuType,
-  WatchContextResponseSchema,
-} from '../gen/vfio_broker/v1/broker_pb.js';
+import { AllocHwptResponseSchema, AllocIoasResponseSchema, AllocVdeviceResponseSchema, AllocViommuResponseSchema, AttachDeviceResponseSchema, BindDeviceResponseSchema, CloseContextResponseSchema, DestroyObjectResponseSchema, DetachDeviceResponseSchema, GetHwInfoResponseSchema, ListObjectsResponseSchema, OpenContextResponseSchema, UnbindDeviceResponseSchema, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
+import { HwptKind, ViommuType } from '../gen/vfio_broker/v1/objects_pb.js';
 import { HWPT_DATA_TYPE } from '../kernel/types.js';
 import { UINT32_MAX, UINT64_MAX, UsageError, flag, parseChoice, parseHandle, parseHex, parseSeconds, parseUint, positional, stringValue } from './args.js';
 import type { ClientCommand } from './client-commands.js';

@@ -5,9 +5,35 @@ import type { Broker } from '../broker/broker.js';
 import { BrokerError } from '../broker/errors.js';
 import type { SequencedEvent } from '../broker/events.js';
 import { asHandle } from '../broker/ids.js';
-import { BrokerService, HwptKind, ViommuType, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
+import { BrokerService, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
+import { HwptKind, ViommuType } from '../gen/vfio_broker/v1/objects_pb.js';
 import type { MethodsOf, ServiceImpl } from './handlers.js';
+import type { TopologyStep as PbTopologyStep } from '../gen/vfio_broker/v1/topology_pb.js';
+import type { TopologyStep } from '../broker/topology.js';
 import { hwptKind, objectInfo, teardownReport, viommuType, watchEvent } from './mappers.js';
+
+function topologyStep(step: PbTopologyStep): TopologyStep {
+  const a = step.action;
+  switch (a.case) {
+    case 'bind':
+      return { name: step.name, action: { type: 'bind', deviceId: a.value.deviceId } };
+    case 'allocIoas':
+      return { name: step.name, action: { type: 'alloc_ioas' } };
+    case 'attach':
+      return { name: step.name, action: { type: 'attach', device: a.value.device, target: a.value.target } };
+    case 'allocHwpt':
+      return {
+        name: step.name,
+        action: { type: 'alloc_hwpt', device: a.value.device, kind: hwptKind(a.value.kind), parent: a.value.parent, dataType: a.value.dataType, data: a.value.data, dirtyTracking: a.value.dirtyTracking },
+      };
+    case 'allocViommu':
+      return { name: step.name, action: { type: 'alloc_viommu', device: a.value.device, nestParent: a.value.nestParent, viommuType: viommuType(a.value.type) } };
+    case 'allocVdevice':
+      return { name: step.name, action: { type: 'alloc_vdevice', viommu: a.value.viommu, device: a.value.device, virtId: a.value.virtId } };
+    case undefined:
+      return { name: step.name, action: undefined };
+  }
+}
 
 function outOfRangeEnum(field: string, value: number): BrokerError {
   return new BrokerError('INVALID_FIELD', `${field}: ${value} is not a known value`, { field });
@@ -60,6 +86,10 @@ export function brokerServiceImpl(broker: Broker): ServiceImpl<MethodsOf<typeof 
     async allocVdevice(req, { caller }) {
       const vdevice = await broker.allocVdevice(caller, req.contextId, asHandle(req.viommu), asHandle(req.device), req.virtId);
       return { vdevice: objectInfo(vdevice) };
+    },
+    async applyTopology(req, { caller }) {
+      const results = await broker.applyTopology(caller, req.contextId, req.steps.map(topologyStep));
+      return { results: results.map((r) => ({ name: r.name, object: objectInfo(r.object) })) };
     },
     async destroyObject(req, { caller }) {
       await broker.destroyObject(caller, req.contextId, asHandle(req.handle));

@@ -6,7 +6,8 @@ import type { DeviceState, DeviceView } from '../broker/inventory.js';
 import type { ObjectKind } from '../broker/objects.js';
 import type { HwptKind as DomainHwptKind, ViommuType as DomainViommuType } from '../broker/operations.js';
 import { DeviceState as PbDeviceState, type DeviceSchema } from '../gen/vfio_broker/v1/admin_pb.js';
-import { HwptKind, ViommuType, WatchContextResponseSchema, type WatchContextResponse } from '../gen/vfio_broker/v1/broker_pb.js';
+import { WatchContextResponseSchema, type WatchContextResponse } from '../gen/vfio_broker/v1/broker_pb.js';
+import { HwptKind, ViommuType } from '../gen/vfio_broker/v1/objects_pb.js';
 import {
   ObjectState,
   ObjectType,

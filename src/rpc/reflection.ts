@@ -21,6 +21,7 @@ import { file_grpc_health_v1_health } from '../gen/grpc/health/v1/health_pb.js';
 import { file_vfio_broker_v1_admin } from '../gen/vfio_broker/v1/admin_pb.js';
 import { file_vfio_broker_v1_broker } from '../gen/vfio_broker/v1/broker_pb.js';
 import { file_vfio_broker_v1_objects } from '../gen/vfio_broker/v1/objects_pb.js';
+import { file_vfio_broker_v1_topology } from '../gen/vfio_broker/v1/topology_pb.js';
 
 /** Dependencies before dependents. */
 const FILES: readonly DescFile[] = [
@@ -34,6 +35,7 @@ const FILES: readonly DescFile[] = [
   file_google_rpc_error_details,
   file_grpc_health_v1_health,
   file_vfio_broker_v1_objects,
+  file_vfio_broker_v1_topology,
   file_vfio_broker_v1_broker,
   file_vfio_broker_v1_admin,
 ];

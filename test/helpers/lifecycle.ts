@@ -1,5 +1,5 @@
 /** A VM's device graph, built step by step over the public API. */
-import { HwptKind, ViommuType } from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import { HwptKind, ViommuType } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import type { TestDaemon } from './daemon.js';
 import { asTenantMetadata } from './daemon.js';
 

@@ -5,7 +5,7 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HwptKind, ViommuType } from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import { HwptKind, ViommuType } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import { registryMatchesKernel, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 import { assignDevices, meta, SELFTEST_HWPT_DATA, SELFTEST_HWPT_DATA_TYPE } from '../helpers/lifecycle.js';

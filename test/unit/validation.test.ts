@@ -13,17 +13,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import { AdminService, file_vfio_broker_v1_admin } from '../../src/gen/vfio_broker/v1/admin_pb.js';
-import {
-  AllocHwptRequestSchema,
-  AllocViommuRequestSchema,
-  AllocIoasRequestSchema,
-  AttachDeviceRequestSchema,
-  BindDeviceRequestSchema,
-  BrokerService,
-  HwptKind,
-  ViommuType,
-  file_vfio_broker_v1_broker,
-} from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import { AllocHwptRequestSchema, AllocViommuRequestSchema, AllocIoasRequestSchema, AttachDeviceRequestSchema, BindDeviceRequestSchema, BrokerService, file_vfio_broker_v1_broker } from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import { HwptKind, ViommuType } from '../../src/gen/vfio_broker/v1/objects_pb.js';
+import { ApplyTopologyRequestSchema } from '../../src/gen/vfio_broker/v1/topology_pb.js';
 import { AssignDeviceRequestSchema } from '../../src/gen/vfio_broker/v1/admin_pb.js';
 import { validationError } from '../../src/rpc/validation.js';
 
@@ -59,6 +51,7 @@ const VALID: Record<string, unknown> = {
   data: new Uint8Array(16),
   dirty_tracking: false,
   virt_id: 0x99n,
+  steps: [{ name: 'ioas', action: { case: 'allocIoas', value: {} } }],
 };
 
 /** More values that must pass: the edges of each rule. */
@@ -115,6 +108,10 @@ const BAD: Record<string, Bad[]> = {
   ],
   data: [[new Uint8Array(4097), 'INVALID_FIELD', 'at most 4096 bytes; got 4097 bytes']],
   virt_id: [[0n, 'INVALID_FIELD', 'greater than 0; got 0']],
+  steps: [
+    [[], 'INVALID_FIELD', 'at least 1'],
+    [Array.from({ length: 257 }, (_, i) => ({ name: `s${i}`, action: { case: 'allocIoas', value: {} } })), 'INVALID_FIELD', 'no more than 256 item(s)'],
+  ],
 };
 
 /** Where a message's field differs from the field-name tables. */
@@ -277,3 +274,23 @@ function comparable(file: FileDescriptorProto) {
   strip(copy.extension);
   return toJson(FileDescriptorProtoSchema, copy);
 }
+
+describe('ApplyTopology step rules', () => {
+  it('names the step and field of a nested violation', () => {
+    const steps = [
+      { name: 'ok', action: { case: 'allocIoas', value: {} } },
+      { name: 'bad name!', action: { case: 'allocIoas', value: {} } },
+    ];
+    const err = validationError(ApplyTopologyRequestSchema, create(ApplyTopologyRequestSchema, { contextId: CTX, steps } as never));
+    expect(err?.field).toBe('steps[1].name');
+    expect(err?.reason).toBe('INVALID_FIELD');
+    const noAction = validationError(ApplyTopologyRequestSchema, create(ApplyTopologyRequestSchema, { contextId: CTX, steps: [{ name: 'x' }] } as never));
+    expect(noAction?.reason).toBe('MISSING_FIELD');
+    expect(noAction?.field).toMatch(/^steps\[0\]/);
+    const badDevice = validationError(
+      ApplyTopologyRequestSchema,
+      create(ApplyTopologyRequestSchema, { contextId: CTX, steps: [{ name: 'd', action: { case: 'bind', value: { deviceId: 'nope' } } }] } as never),
+    );
+    expect(badDevice?.field).toBe('steps[0].bind.device_id');
+  });
+});

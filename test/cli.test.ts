@@ -153,6 +153,30 @@ describe('vfio-broker CLI', () => {
     expect(await ok('unassign', '0000:01:00.0')).toBe('unassigned 0000:01:00.0\n');
   });
 
+  it('apply creates a topology from a file, and names a bad file as a usage error', async () => {
+    await ok('assign', '0000:03:01.0', 'default');
+    const ctx = (await ok('open', '--label', 'applied')).trim();
+    const file = path.join(dir, 'topology.json');
+    fs.writeFileSync(
+      file,
+      JSON.stringify([
+        { name: 'ioas', allocIoas: {} },
+        { name: 'dev', bind: { deviceId: '0000:03:01.0' } },
+        { name: 'auto', attach: { device: 'dev', target: 'ioas' } },
+      ]),
+    );
+    const out = await ok('apply', ctx, file);
+    expect(out).toMatch(/^ioas\s+IOAS handle 1/m);
+    expect(out).toMatch(/^dev\s+DEVICE handle 2/m);
+    expect(out).toMatch(/^auto\s+HWPT_PAGING handle 3 .*automatic/m);
+    fs.writeFileSync(file, '{"not": "a list"');
+    const bad = await cli('apply', ctx, file);
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/FILE: .*topology\.json is not a list of topology steps/);
+    await ok('close', ctx);
+    await ok('unassign', '0000:03:01.0');
+  });
+
   it('watch prints one line per event until the context closes', async () => {
     const ctx = (await ok('open', '--label', 'watched')).trim();
     const io = memoryIo();

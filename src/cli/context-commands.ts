@@ -1,5 +1,7 @@
 /** The BrokerService subcommands: a context's lifecycle and its iommufd objects. */
-import { toJson, type MessageShape } from '@bufbuild/protobuf';
+import { fromJson, toJson, type JsonValue, type MessageShape } from '@bufbuild/protobuf';
+import { readFileSync } from 'node:fs';
+import { ApplyTopologyRequestSchema, ApplyTopologyResponseSchema } from '../gen/vfio_broker/v1/topology_pb.js';
 import * as grpc from '@grpc/grpc-js';
 import { AllocHwptResponseSchema, AllocIoasResponseSchema, AllocVdeviceResponseSchema, AllocViommuResponseSchema, AttachDeviceResponseSchema, BindDeviceResponseSchema, CloseContextResponseSchema, DestroyObjectResponseSchema, DetachDeviceResponseSchema, GetHwInfoResponseSchema, ListObjectsResponseSchema, OpenContextResponseSchema, UnbindDeviceResponseSchema, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
 import { HwptKind, ViommuType } from '../gen/vfio_broker/v1/objects_pb.js';
@@ -153,6 +155,33 @@ export const CONTEXT_COMMANDS: readonly ClientCommand[] = [
             ? `device ${device} was not attached\n`
             : `detached device ${device} from HWPT ${res.detachedHwpt}${res.automaticHwptFreed ? ' (automatic HWPT freed)' : ''}\n`,
         );
+      };
+    },
+  },
+  {
+    name: 'apply',
+    group: 'Objects',
+    args: ['CTX', 'FILE'],
+    summary: 'create a whole device graph from a topology file, all or nothing',
+    description: `FILE holds ApplyTopologyRequest.steps as protobuf JSON ("-" reads stdin), e.g.
+  [{"name": "ioas", "allocIoas": {}},
+   {"name": "dev", "bind": {"deviceId": "0000:01:00.0"}},
+   {"name": "auto", "attach": {"device": "dev", "target": "ioas"}}]
+Later steps name earlier ones, or existing objects as "handle:N". If a step
+fails, every earlier step is undone and the error names the step.`,
+    prepare: (p) => {
+      const contextId = text(p, 'CTX');
+      const file = text(p, 'FILE');
+      return async (api) => {
+        let steps;
+        try {
+          const raw: unknown = JSON.parse(readFileSync(file === '-' ? 0 : file, 'utf8'));
+          steps = fromJson(ApplyTopologyRequestSchema, { contextId, steps: raw as JsonValue }).steps;
+        } catch (err) {
+          throw new UsageError(`FILE: ${file} is not a list of topology steps: ${(err as Error).message}`);
+        }
+        const res = await api.broker.applyTopology({ contextId, steps }, api.call);
+        api.print(ApplyTopologyResponseSchema, res, () => res.results.map((r) => `${r.name.padEnd(16)} ${describeObject(r.object)}`).join('\n') + '\n');
       };
     },
   },

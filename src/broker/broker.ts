@@ -71,6 +71,9 @@ export class Broker {
     this.capabilities = options.capabilities;
     this.log = options.log;
     this.quotas = options.quotas ?? new Quotas(DEFAULT_QUOTA);
+    options.kernel.onDeviceRequest?.((bdf) => {
+      this.deviceRequested(bdf).catch((err: unknown) => this.log.error({ err, bdf }, 'device request handling failed'));
+    });
     this.env = {
       kernel: options.kernel,
       inventory: options.inventory,
@@ -182,6 +185,25 @@ export class Broker {
 
   allocVdevice(caller: Caller, id: string, viommu: Handle, device: Handle, virtId: bigint): Promise<ObjectView> {
     return this.inContext(caller, id, (ctx) => ops.allocVdevice(this.env, ctx, viommu, device, virtId));
+  }
+
+  /**
+   * The host wants a device back: tear it down in the legal order in whatever
+   * context holds it, close its fd (which lets the kernel's unbind proceed)
+   * and tell the owner. Returns the report, or undefined if it was not bound.
+   */
+  async deviceRequested(bdf: string): Promise<TeardownReport | undefined> {
+    const device = this.inventory.resolve(bdf, 'device_id');
+    const ctx = device.boundTo ? this.contexts.get(device.boundTo) : undefined;
+    if (!ctx) return undefined;
+    return ctx.executor.run(async () => {
+      const obj = [...ctx.registry.liveOfKind('DEVICE')].find((d) => d.deviceId === device.id);
+      if (!obj || ctx.state !== 'open') return undefined;
+      this.log.warn({ contextId: ctx.id, deviceId: device.id }, 'host requested the device back: tearing it down');
+      const report = await this.teardown(ctx, { kind: 'device', device: obj }, 'device_request');
+      ctx.emit({ type: 'device_removed', device: obj.handle, deviceId: device.id });
+      return report;
+    });
   }
 
   /** A whole device graph in one request; all steps or none (topology.ts). */

@@ -27,6 +27,7 @@ export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObser
     probe: () => kernel.probe(),
     listPciFunctions: () => kernel.listPciFunctions(),
     shutdown: () => kernel.shutdown(),
+    ...(kernel.onDeviceRequest ? { onDeviceRequest: (l: (bdf: string) => void) => kernel.onDeviceRequest!(l) } : {}),
     openIommufd: timed('open_iommufd', observe, () => kernel.openIommufd()),
     closeIommufd: timed('close_iommufd', observe, (f) => kernel.closeIommufd(f)),
     openDevice: timed('open_device', observe, (cdev) => kernel.openDevice(cdev)),

@@ -185,6 +185,13 @@ export interface KernelBackend {
   vdeviceAlloc(iommufd: IommufdFile, args: VdeviceAllocArgs): Promise<KernelObjectId>;
   getHwInfo(iommufd: IommufdFile, devId: KernelObjectId): Promise<HwInfo>;
 
+  /**
+   * Calls `listener` when the host asks for a device back (vfio-pci's request
+   * IRQ: a driver unbind in sysfs or a surprise removal). Until the device fd
+   * is closed the kernel blocks that unbind (kernel-uapi.md §4.5).
+   */
+  onDeviceRequest?(listener: (bdf: string) => void): void;
+
   /** Releases everything the backend holds (used at daemon exit and in tests). */
   shutdown(): Promise<void>;
 }

@@ -22,6 +22,9 @@ import {
 } from '../types.js';
 import {
   fail,
+  MOCK_FLAGS_DEVICE_NO_DIRTY,
+  MOCK_FLAGS_DEVICE_PASID,
+  type DeviceObject,
   type HwptNestedObject,
   type HwptPagingObject,
   type IoasObject,
@@ -84,7 +87,7 @@ export function hwptAlloc(ctx: IommufdContext, traits: ProfileTraits, args: Hwpt
   let create: () => HwptPagingObject | HwptNestedObject;
   switch (pt.type) {
     case 'IOAS':
-      checkPagingAlloc(traits, flags, data);
+      checkPagingAlloc(traits, dev, flags, data);
       create = () => createPaging(ctx, pt, flags, false);
       break;
     case 'HWPT_PAGING':
@@ -117,14 +120,18 @@ function createNested(ctx: IommufdContext, parent: HwptPagingObject, viommu: Vio
 }
 
 /** Core checks of `iommufd_hwpt_paging_alloc`, then the mock's `domain_alloc_paging_flags`. */
-function checkPagingAlloc(traits: ProfileTraits, flags: number, data: UserData | undefined): void {
+function checkPagingAlloc(traits: ProfileTraits, dev: DeviceObject, flags: number, data: UserData | undefined): void {
   const valid =
     HWPT_ALLOC_NEST_PARENT |
     HWPT_ALLOC_DIRTY_TRACKING |
     HWPT_FAULT_ID_VALID |
     (traits.hwptAllocPasid ? HWPT_ALLOC_PASID : 0);
   if (flags & ~valid) fail('EOPNOTSUPP', `unsupported HWPT flags 0x${flags.toString(16)}`);
-  // DIRTY_TRACKING needs IOMMU_CAP_DIRTY_TRACKING, which the mock has (§6.3).
+  // DIRTY_TRACKING needs IOMMU_CAP_DIRTY_TRACKING: the mock has it unless the
+  // mock device was created with MOCK_FLAGS_DEVICE_NO_DIRTY (§6.3).
+  if (flags & HWPT_ALLOC_DIRTY_TRACKING && !hasDirtyTracking(dev)) {
+    fail('EOPNOTSUPP', `device ${dev.id} has no dirty tracking`);
+  }
   if (flags & HWPT_FAULT_ID_VALID && flags & HWPT_ALLOC_NEST_PARENT) {
     fail('EOPNOTSUPP', 'FAULT_ID_VALID cannot be combined with NEST_PARENT');
   }
@@ -212,14 +219,23 @@ export function vdeviceAlloc(ctx: IommufdContext, traits: ProfileTraits, args: V
   return vdev.id;
 }
 
+/** `mock_domain_capable(IOMMU_CAP_DIRTY_TRACKING)`. */
+function hasDirtyTracking(dev: DeviceObject): boolean {
+  return ((dev.mock?.flags ?? 0) & MOCK_FLAGS_DEVICE_NO_DIRTY) === 0;
+}
+
+/** MOCK_PASID_WIDTH: `out_max_pasid_log2` of a MOCK_FLAGS_DEVICE_PASID device. */
+const MOCK_PASID_WIDTH = 20;
+
 /** IOMMU_GET_HW_INFO with the default type request (§3.8, §6.3). */
 export function getHwInfo(ctx: IommufdContext, traits: ProfileTraits, devId: number): HwInfo {
-  ctx.get(devId, 'DEVICE');
+  const dev = ctx.get(devId, 'DEVICE');
   const data = new Uint8Array(8);
   const view = new DataView(data.buffer);
   view.setUint32(0, 0, true);
   view.setUint32(4, SELFTEST_REGVAL, true);
-  let capabilities = HW_CAP_DIRTY_TRACKING;
+  let capabilities = hasDirtyTracking(dev) ? HW_CAP_DIRTY_TRACKING : 0n;
   if (traits.atsNotSupportedCap) capabilities |= HW_CAP_PCI_ATS_NOT_SUPPORTED;
-  return { type: HW_INFO_TYPE.SELFTEST, data, capabilities, maxPasidLog2: 0 };
+  const pasid = ((dev.mock?.flags ?? 0) & MOCK_FLAGS_DEVICE_PASID) !== 0;
+  return { type: HW_INFO_TYPE.SELFTEST, data, capabilities, maxPasidLog2: pasid ? MOCK_PASID_WIDTH : 0 };
 }

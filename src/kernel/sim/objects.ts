@@ -10,7 +10,12 @@ import type { ErrnoName } from '../errno.js';
 import { IdAllocator } from './ids.js';
 import type { SimPciFunction } from './inventory.js';
 
-export type SimObjectType = 'DEVICE' | 'IOAS' | 'HWPT_PAGING' | 'HWPT_NESTED' | 'VIOMMU' | 'VDEVICE';
+export type SimObjectType = 'DEVICE' | 'IOAS' | 'HWPT_PAGING' | 'HWPT_NESTED' | 'VIOMMU' | 'VDEVICE' | 'SELFTEST';
+
+/** MOCK_FLAGS_DEVICE_NO_DIRTY (iommufd_test.h): the mock device has no dirty tracking (§6.2). */
+export const MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0;
+/** MOCK_FLAGS_DEVICE_PASID: the mock device has PASID width MOCK_PASID_WIDTH = 20 (§6.2). */
+export const MOCK_FLAGS_DEVICE_PASID = 1 << 2;
 
 interface ObjectBase {
   readonly id: number;
@@ -20,7 +25,14 @@ interface ObjectBase {
 
 export interface DeviceObject extends ObjectBase {
   readonly type: 'DEVICE';
+  /**
+   * The struct device: a PCI function of the inventory, or for a selftest
+   * mock device a stand-in named `iommufd_mockN` in its own IOMMU group
+   * behind the mock IOMMU instance (§6.2).
+   */
   readonly pci: SimPciFunction;
+  /** Set for an IOMMUFD_TEST mock device: its MOCK_FLAGS_DEVICE_* bits (§6.2). */
+  readonly mock?: { readonly flags: number };
   /** `idev->destroying`: set by unbind's pre_destroy, blocks new vDEVICEs (§4.3 step 2). */
   destroying: boolean;
   /** vDEVICEs created for this device (at most one from 6.17). */
@@ -69,13 +81,26 @@ export interface VdeviceObject extends ObjectBase {
   readonly pinsDevice: boolean;
 }
 
+/**
+ * IOMMUFD_OBJ_SELFTEST owning a mock device (§6.2): it plays the VFIO device
+ * fd. Nothing holds it, so DESTROY always succeeds, and destroying it detaches
+ * and unbinds its DEVICE (`iommufd_selftest_destroy`, the full §4.3 path).
+ */
+export interface SelftestObject extends ObjectBase {
+  readonly type: 'SELFTEST';
+  readonly device: DeviceObject;
+  /** Detach, unbind and unregister the mock device; run once when the object goes away. */
+  readonly onDestroy: () => void;
+}
+
 export type SimObject =
   | DeviceObject
   | IoasObject
   | HwptPagingObject
   | HwptNestedObject
   | ViommuObject
-  | VdeviceObject;
+  | VdeviceObject
+  | SelftestObject;
 
 export type HwptObject = HwptPagingObject | HwptNestedObject;
 
@@ -115,6 +140,9 @@ const TYPE_OPS: { readonly [K in SimObjectType]: TypeOps<ObjectOfType<K>> } = {
       v.device?.vdevs.delete(v);
     },
   },
+  // The kernel frees the SELFTEST id first (xas_store NULL), then runs the
+  // destroy op that unbinds the device; the order of the frees is invisible.
+  SELFTEST: { holds: () => [], unlink: (s) => s.onDestroy() },
 };
 
 function opsOf<T extends SimObject>(obj: T): TypeOps<T> {
@@ -156,12 +184,34 @@ export class IommufdContext {
    * sim's equivalent of the kernel's abort-on-failure (§2 step 7).
    */
   insert<T extends SimObject>(build: (id: number) => T): T {
+    return this.publish(this.reserve(), build);
+  }
+
+  /**
+   * Reserves the lowest free ID without publishing an object, like
+   * `iommufd_object_alloc` storing XA_ZERO_ENTRY: lookups of it give ENOENT
+   * until `publish`. Needed where the kernel allocates an ID before other
+   * objects of the same call (MOCK_DOMAIN: stdev, then idev, then the HWPT).
+   */
+  reserve(): number {
     const id = this.ids.alloc();
     if (id === undefined) fail('EBUSY', 'object ID space exhausted');
+    return id;
+  }
+
+  /** Publishes an object under a reserved ID (`iommufd_object_finalize`). */
+  publish<T extends SimObject>(id: number, build: (id: number) => T): T {
+    if (this.table.has(id)) throw new Error(`sim: publishing over live id ${id}`);
     const obj = build(id);
     for (const held of opsOf(obj).holds(obj)) held.users++;
     this.table.set(id, obj);
     return obj;
+  }
+
+  /** Gives back a reserved, never published ID (`iommufd_object_abort`). */
+  unreserve(id: number): void {
+    if (this.table.has(id)) throw new Error(`sim: unreserving live id ${id}`);
+    this.ids.free(id);
   }
 
   /** Lookup by ID and expected type; unknown, 0, tombstoned and wrong type are all ENOENT (§2). */

@@ -30,6 +30,7 @@ import { DEMO_PCI_FUNCTIONS, validateInventory, type SimPciFunction } from './in
 import * as ioctl from './iommufd-ioctls.js';
 import { fail, IommufdContext, SimFailure, type SimObject, type SimObjectType } from './objects.js';
 import { ioctlsFor, PROFILE_TRAITS, type ProfileTraits } from './profiles.js';
+import * as selftest from './selftest.js';
 import * as vfio from './vfio.js';
 import type { DeviceBinding, DeviceFileState, IommufdFileState } from './vfio.js';
 
@@ -55,14 +56,26 @@ export interface SimObjectInfo {
   ioasId?: number;
   /** HWPT_NESTED made through a vIOMMU, and VDEVICE: the vIOMMU. */
   viommuId?: number;
-  /** VDEVICE: its DEVICE while that is bound (absent after a 6.13 unbind). */
+  /** VDEVICE: its DEVICE while that is bound (absent after a 6.13 unbind); SELFTEST: its DEVICE. */
   devId?: number;
+  /** DEVICE of a selftest mock device: its MOCK_FLAGS_DEVICE_* bits. */
+  mockFlags?: number;
   /** VDEVICE: guest-visible virt_id. */
   virtId?: bigint;
-  /** DEVICE and VDEVICE: the PCI function. */
+  /** DEVICE, VDEVICE and SELFTEST: the PCI function (`iommufd_mockN` for a mock device). */
   bdf?: string;
   /** VIOMMU: physical IOMMU instance. */
   iommu?: string;
+}
+
+/** The IDs of a mock device, as LinuxKernel.selftestMockDomain returns them (§6.2). */
+export interface SimMockDevice {
+  /** IOMMUFD_OBJ_SELFTEST: destroying it unbinds the device (the "device fd"). */
+  stdevId: KernelObjectId;
+  /** The HWPT the device was attached to (automatic when created on an IOAS). */
+  hwptId: KernelObjectId;
+  /** IOMMUFD_OBJ_DEVICE: `dev_id` for HWPT_ALLOC, GET_HW_INFO, VIOMMU_ALLOC, VDEVICE_ALLOC. */
+  idevId: KernelObjectId;
 }
 
 /** First fd number handed out; 0–2 are stdio in a real process. */
@@ -82,6 +95,7 @@ export class SimKernel implements KernelBackend {
   private readonly iommufds = new Map<IommufdFile, IommufdFileState>();
   private readonly deviceFiles = new Map<DeviceFile, DeviceFileState>();
   private readonly host: vfio.Host;
+  private readonly mockBus: selftest.MockBus;
 
   constructor(options: SimKernelOptions = {}) {
     this.profile = options.profile ?? 'linux-6.17';
@@ -89,6 +103,7 @@ export class SimKernel implements KernelBackend {
     if (traits === undefined) throw new Error(`unknown sim kernel profile ${String(this.profile)}`);
     this.traits = traits;
     this.inventory = validateInventory(options.devices ?? DEMO_PCI_FUNCTIONS);
+    this.mockBus = new selftest.MockBus(this.inventory);
     const deviceFiles = this.deviceFiles;
     this.host = {
       traits,
@@ -204,6 +219,32 @@ export class SimKernel implements KernelBackend {
     return this.call('get_hw_info', () => ioctl.getHwInfo(this.context(iommufd), this.traits, devId));
   }
 
+  // ---- IOMMUFD_TEST mock devices: LinuxKernel's API and KernelOp names (§6.2, sim/selftest.ts) ----
+
+  /** TEST_CMD MOCK_DOMAIN, or MOCK_DOMAIN_FLAGS when `devFlags` is given: open + BIND + ATTACH(ptId) in one. */
+  async selftestMockDomain(iommufd: IommufdFile, ptId: KernelObjectId, devFlags?: number): Promise<SimMockDevice> {
+    return this.call('bind_iommufd', () => {
+      const m = selftest.mockDomain(this.host, this.mockBus, this.context(iommufd), ptId, (devFlags ?? 0) >>> 0);
+      return { stdevId: kernelId(m.stdevId), hwptId: kernelId(m.hwptId), idevId: kernelId(m.idevId) };
+    });
+  }
+
+  /** TEST_CMD MOCK_DOMAIN_REPLACE: the mock's second ATTACH; returns the HWPT now attached. */
+  async selftestMockDomainReplace(iommufd: IommufdFile, stdevId: KernelObjectId, ptId: KernelObjectId): Promise<KernelObjectId> {
+    return this.call('attach_pt', () =>
+      kernelId(selftest.mockDomainReplace(this.host, this.context(iommufd), stdevId, ptId)),
+    );
+  }
+
+  /**
+   * IOMMU_DESTROY(stdev), the mock's close(device fd): detach, unbind,
+   * tombstone the vDEVICE on 6.17+ (§4.3). Like the real ioctl it has no
+   * type check, so it is exactly `destroy`.
+   */
+  async selftestDestroyMockDevice(iommufd: IommufdFile, stdevId: KernelObjectId): Promise<void> {
+    return this.call('close_device', () => this.context(iommufd).destroyById(stdevId));
+  }
+
   /** Closes every device file, then every iommufd fd, so all contexts are released. */
   async shutdown(): Promise<void> {
     for (const handle of [...this.deviceFiles.keys()]) await this.closeDevice(handle);
@@ -306,7 +347,7 @@ function describe(obj: SimObject): SimObjectInfo {
   const base = { id: obj.id, type: obj.type, users: obj.users };
   switch (obj.type) {
     case 'DEVICE':
-      return { ...base, bdf: obj.pci.bdf };
+      return { ...base, bdf: obj.pci.bdf, ...(obj.mock ? { mockFlags: obj.mock.flags } : {}) };
     case 'IOAS':
       return base;
     case 'HWPT_PAGING':
@@ -323,6 +364,8 @@ function describe(obj: SimObject): SimObjectInfo {
         bdf: obj.bdf,
         ...(obj.device ? { devId: obj.device.id } : {}),
       };
+    case 'SELFTEST':
+      return { ...base, devId: obj.device.id, bdf: obj.device.pci.bdf };
   }
 }
 

@@ -6,13 +6,15 @@
  * first device of a group really attaches the group, siblings can only join
  * the same HWPT, and a replace moves the whole group.
  */
-import type { DeviceFile, IommufdFile } from '../types.js';
+import { HWPT_ALLOC_DIRTY_TRACKING, type DeviceFile, type IommufdFile } from '../types.js';
 import { driverClaimsDefaultDomain, type SimPciFunction } from './inventory.js';
 import { createPaging } from './iommufd-ioctls.js';
 import {
   fail,
+  MOCK_FLAGS_DEVICE_NO_DIRTY,
   type DeviceObject,
   type GroupAttachment,
+  type HwptNestedObject,
   type HwptObject,
   type IoasObject,
   type IommufdContext,
@@ -85,10 +87,21 @@ function requireBinding(df: DeviceFileState): DeviceBinding {
 /** VFIO_DEVICE_ATTACH_IOMMUFD_PT: attach, or replace when already attached (§3.16). */
 export function attach(host: Host, df: DeviceFileState, ptId: number): number {
   const { file, dev } = requireBinding(df);
-  const ctx = file.ctx;
+  return changePt(host, file.ctx, dev, ptId, isAttached(file.ctx, dev));
+}
+
+function isAttached(ctx: IommufdContext, dev: DeviceObject): boolean {
+  return ctx.groups.get(dev.pci.iommuGroup)?.devices.has(dev) ?? false;
+}
+
+/**
+ * `iommufd_device_change_pt`, shared by VFIO attach and the selftest
+ * MOCK_DOMAIN / MOCK_DOMAIN_REPLACE commands (§6.2): `attached` picks
+ * replace over attach. Returns the HWPT the device ends up on.
+ */
+export function changePt(host: Host, ctx: IommufdContext, dev: DeviceObject, ptId: number, attached: boolean): number {
   const pt = ctx.lookup(ptId);
   if (pt === undefined) fail('ENOENT', `pt_id ${ptId} does not name an object`);
-  const attached = ctx.groups.get(dev.pci.iommuGroup)?.devices.has(dev) ?? false;
   switch (pt.type) {
     case 'HWPT_PAGING':
     case 'HWPT_NESTED':
@@ -113,7 +126,7 @@ function doAttach(host: Host, ctx: IommufdContext, dev: DeviceObject, hwpt: Hwpt
     // Siblings follow the group's existing attachment; the driver is not called again.
     current.devices.add(dev);
   } else {
-    mockAttachGroup(host, group, hwpt);
+    mockAttachGroup(host, dev, hwpt);
     ctx.groups.set(group, { hwpt, devices: new Set([dev]) });
   }
   // Each attachment holds the HWPT and the DEVICE (§4.2).
@@ -126,7 +139,7 @@ function replace(host: Host, ctx: IommufdContext, dev: DeviceObject, hwpt: HwptO
   const attachment = ctx.groups.get(dev.pci.iommuGroup) as GroupAttachment;
   const old = attachment.hwpt;
   if (old === hwpt) return;
-  mockAttachGroup(host, dev.pci.iommuGroup, hwpt);
+  mockAttachGroup(host, dev, hwpt);
   attachment.hwpt = hwpt;
   const n = attachment.devices.size;
   for (let i = 0; i < n; i++) ctx.hold(hwpt);
@@ -175,18 +188,29 @@ function autoDomain(
 }
 
 /**
- * The mock driver's `attach_dev`, run for every device of the IOMMU group:
- * a nested HWPT made through a vIOMMU needs a vDEVICE for the device on that
- * vIOMMU, otherwise ENOENT (`iommufd_viommu_get_vdev_id`, §6.3).
+ * The mock driver's `attach_dev` (`mock_domain_nop_attach`), run for every
+ * device of the IOMMU group, in its order of checks (§6.3):
+ * - a dirty-tracking domain on a MOCK_FLAGS_DEVICE_NO_DIRTY device is EINVAL;
+ * - a nested HWPT made through a vIOMMU needs a vDEVICE for the device on
+ *   that vIOMMU, otherwise ENOENT (`iommufd_viommu_get_vdev_id`).
  */
-function mockAttachGroup(host: Host, group: number, hwpt: HwptObject): void {
-  if (hwpt.type !== 'HWPT_NESTED' || hwpt.viommu === undefined) return;
-  const vdevBdfs = new Set([...hwpt.viommu.vdevs.values()].map((v) => v.bdf));
-  for (const fn of host.inventory) {
-    if (fn.iommuGroup === group && !vdevBdfs.has(fn.bdf)) {
-      fail('ENOENT', `${fn.bdf} has no vDEVICE on vIOMMU ${hwpt.viommu.id}`);
+function mockAttachGroup(host: Host, dev: DeviceObject, hwpt: HwptObject): void {
+  const vdevBdfs =
+    hwpt.type === 'HWPT_NESTED' && hwpt.viommu ? new Set([...hwpt.viommu.vdevs.values()].map((v) => v.bdf)) : undefined;
+  for (const member of groupMembers(host, dev)) {
+    if (hwpt.type === 'HWPT_PAGING' && hwpt.flags & HWPT_ALLOC_DIRTY_TRACKING && member.noDirty) {
+      fail('EINVAL', `${member.bdf} cannot use dirty-tracking HWPT ${hwpt.id}`);
+    }
+    if (vdevBdfs && !vdevBdfs.has(member.bdf)) {
+      fail('ENOENT', `${member.bdf} has no vDEVICE on vIOMMU ${(hwpt as HwptNestedObject).viommu?.id}`);
     }
   }
+}
+
+/** The struct devices of `dev`'s IOMMU group: a mock device is alone in its group (generic_device_group). */
+function groupMembers(host: Host, dev: DeviceObject): { bdf: string; noDirty: boolean }[] {
+  if (dev.mock) return [{ bdf: dev.pci.bdf, noDirty: (dev.mock.flags & MOCK_FLAGS_DEVICE_NO_DIRTY) !== 0 }];
+  return host.inventory.filter((fn) => fn.iommuGroup === dev.pci.iommuGroup).map((fn) => ({ bdf: fn.bdf, noDirty: false }));
 }
 
 /** VFIO_DEVICE_DETACH_IOMMUFD_PT: 0 even when nothing is attached (§3.17). */
@@ -207,16 +231,26 @@ function detachDevice(ctx: IommufdContext, dev: DeviceObject): void {
 }
 
 /**
- * What closing a bound device fd does (§4.5 steps 2–3, §4.3): detach, drop
- * the driver's DEVICE reference, deal with the vDEVICE as the profile says,
- * then free the DEVICE ID. Returns the iommufd file state, whose reference
- * count the caller checks for final release.
+ * What closing a bound device fd does (§4.5 steps 2–3, §4.3): unbind the
+ * DEVICE, then drop the two file references. Returns the iommufd file
+ * state, whose reference count the caller checks for final release.
  */
 export function unbind(host: Host, df: DeviceFileState): IommufdFileState | undefined {
   const binding = df.binding;
   if (!binding) return undefined;
   const { file, dev } = binding;
-  const ctx = file.ctx;
+  unbindDevice(host, file.ctx, dev);
+  df.binding = undefined;
+  file.refs -= 2;
+  return file;
+}
+
+/**
+ * `vfio_iommufd_physical_unbind` / `iommufd_selftest_destroy`: detach, drop
+ * the driver's DEVICE reference, deal with the vDEVICE as the profile says,
+ * then free the DEVICE ID.
+ */
+export function unbindDevice(host: Host, ctx: IommufdContext, dev: DeviceObject): void {
   detachDevice(ctx, dev);
   dev.destroying = true;
   ctx.put(dev);
@@ -231,9 +265,6 @@ export function unbind(host: Host, df: DeviceFileState): IommufdFileState | unde
     }
   }
   ctx.remove(dev, 'free');
-  df.binding = undefined;
-  file.refs -= 2;
-  return file;
 }
 
 export function attachedHwpt(df: DeviceFileState): HwptObject | undefined {

@@ -21,12 +21,24 @@ describe('device request (host reclaim)', () => {
     watch.on('error', () => undefined);
     await new Promise((r) => watch.once('data', r));
 
-    const report = await td.daemon.broker.deviceRequested(deviceId!);
-    expect(report?.reason).toBe('device_request');
-    expect(report?.steps.map((s) => s.action)).toEqual(['move_off_nested', 'destroy', 'destroy', 'detach', 'close_device']);
+    // The host unbinds the driver: the kernel asks for the device and blocks until its fd closes.
+    let released = false;
+    const unbind = td.daemon.sim!.hostUnbind(deviceId!).then(() => (released = true));
+    await unbind;
+    expect(released).toBe(true);
     await new Promise((r) => setTimeout(r, 50));
+    const counted = (await td.daemon.metrics.teardowns.get()).values.find((v) => v.labels['reason'] === 'device_request');
+    expect(counted?.value).toBe(1);
     const kinds = events.map((e) => e.event.case);
     expect(kinds.slice(-2)).toEqual(['teardown', 'deviceRemoved']);
+    const steps = events.find((e) => e.event.case === 'teardown')!;
+    expect(steps.event.case === 'teardown' && steps.event.value.report?.steps.map((s) => TeardownAction[s.action])).toEqual([
+      'MOVE_OFF_NESTED',
+      'DESTROY',
+      'DESTROY',
+      'DETACH',
+      'CLOSE_DEVICE',
+    ]);
     const teardown = events.find((e) => e.event.case === 'teardown')!;
     expect(teardown.event.case === 'teardown' && teardown.event.value.report?.reason).toBe(TeardownReason.DEVICE_REQUEST);
     expect(teardown.event.case === 'teardown' && teardown.event.value.report?.steps.at(-1)?.action).toBe(TeardownAction.CLOSE_DEVICE);

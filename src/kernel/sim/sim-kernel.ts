@@ -94,6 +94,9 @@ export class SimKernel implements KernelBackend {
   /** iommufd files whose fd is open or whose context is still alive. */
   private readonly iommufds = new Map<IommufdFile, IommufdFileState>();
   private readonly deviceFiles = new Map<DeviceFile, DeviceFileState>();
+  private readonly requestListeners: ((bdf: string) => void)[] = [];
+  /** Host-side unbinds waiting for the device's fds to close (§4.5). */
+  private readonly pendingUnbinds = new Map<string, (() => void)[]>();
   private readonly host: vfio.Host;
   private readonly mockBus: selftest.MockBus;
 
@@ -175,6 +178,38 @@ export class SimKernel implements KernelBackend {
     this.deviceFiles.delete(file);
     this.fdNumbers.free(file.fdNumber);
     if (iommufd) this.releaseIfUnreferenced(iommufd);
+    this.settleHostUnbind(df.pci.bdf);
+  }
+
+  onDeviceRequest(listener: (bdf: string) => void): void {
+    this.requestListeners.push(listener);
+  }
+
+  /**
+   * The host unbinds the device's driver (sysfs `driver/unbind`, or a surprise
+   * removal). Like vfio_unregister_group_dev, it sends the request
+   * notification and blocks until every fd of the device is closed; the
+   * promise resolves then. A device with no open fd is released at once.
+   */
+  hostUnbind(bdf: string): Promise<void> {
+    if (!this.hasOpenFile(bdf)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const waiting = this.pendingUnbinds.get(bdf) ?? [];
+      waiting.push(resolve);
+      this.pendingUnbinds.set(bdf, waiting);
+      for (const listener of this.requestListeners) listener(bdf);
+    });
+  }
+
+  private hasOpenFile(bdf: string): boolean {
+    for (const df of this.deviceFiles.values()) if (df.pci.bdf === bdf) return true;
+    return false;
+  }
+
+  private settleHostUnbind(bdf: string): void {
+    if (this.hasOpenFile(bdf)) return;
+    for (const resolve of this.pendingUnbinds.get(bdf) ?? []) resolve();
+    this.pendingUnbinds.delete(bdf);
   }
 
   async bindIommufd(device: DeviceFile, iommufd: IommufdFile): Promise<KernelObjectId> {

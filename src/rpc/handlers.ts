@@ -87,14 +87,32 @@ function elapsed(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-function callContext(env: HandlerEnv, method: DescMethod, call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>) {
-  const controller = new AbortController();
-  // grpc-js also emits 'cancelled' after a normal end; callers ignore it once done.
-  call.on('cancelled', () => controller.abort());
-  const requestId = randomUUID();
+function callContext(env: HandlerEnv, method: DescMethod, call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): CallContext {
+  // grpc-js also emits 'cancelled' after a normal end. Aborting a signal builds a
+  // DOMException with a stack trace, so the controller exists only once a handler
+  // asks for the signal (WatchContext does; unary handlers do not).
+  let controller: AbortController | undefined;
+  let gone = false;
+  call.on('cancelled', () => {
+    gone = true;
+    controller?.abort();
+  });
   const caller = env.identity.resolve(call);
-  const log = env.log.child({ requestId, method: method.name, tenant: caller.tenant });
-  return { caller, log, signal: controller.signal };
+  // A child logger per request is built on first use: most requests never log.
+  let log: Logger | undefined;
+  return {
+    caller,
+    get log() {
+      return (log ??= env.log.child({ requestId: randomUUID(), method: method.name, tenant: caller.tenant }));
+    },
+    get signal() {
+      if (!controller) {
+        controller = new AbortController();
+        if (gone) controller.abort();
+      }
+      return controller.signal;
+    },
+  };
 }
 
 export function grpcHandlers<S extends GenServiceMethods>(
@@ -110,17 +128,18 @@ export function grpcHandlers<S extends GenServiceMethods>(
       const unary = fn as UnaryImpl<DescMessage, DescMessage>;
       handlers[method.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
         const start = process.hrtime.bigint();
-        let request = create(method.input);
+        let request: MessageShape<DescMessage> | undefined;
         const mutating = isMutating(method) && env.audit !== undefined;
-        let log = env.log;
+        let ctx: CallContext | undefined;
+        const logOf = () => ctx?.log ?? env.log;
         let who = { tenant: '', peer: call.getPeer() };
         const record = (result: 'ok' | 'error', code: grpc.status, response?: MessageShape<DescMessage>, err?: grpc.ServiceError) => {
           if (!mutating) return Promise.resolve();
           const info = err ? errorInfoOf(err) : undefined;
-          const objects = { ...auditFields(method.input, request), ...(response ? auditFields(method.output, response, 'out.') : {}) };
+          const objects = { ...(request ? auditFields(method.input, request) : {}), ...(response ? auditFields(method.output, response, 'out.') : {}) };
           const contextId = objects['context_id'];
           delete objects['context_id'];
-          return audit(env, log, {
+          return audit(env, logOf(), {
             ...who,
             operation: name,
             ...(contextId ? { contextId } : {}),
@@ -133,16 +152,15 @@ export function grpcHandlers<S extends GenServiceMethods>(
         };
         const fail = (err: unknown) => {
           const status = toServiceError(err);
-          if (status.code === grpc.status.INTERNAL) log.error({ err }, 'request failed');
-          else log.debug({ code: grpc.status[status.code], message: status.details }, 'request refused');
+          if (status.code === grpc.status.INTERNAL) logOf().error({ err }, 'request failed');
+          else if (logOf().isLevelEnabled('debug')) logOf().debug({ code: grpc.status[status.code], message: status.details }, 'request refused');
           void record('error', status.code, undefined, status).then(() => {
             env.onHandled?.(name, status.code, elapsed(start));
             callback(status);
           });
         };
         try {
-          const ctx = callContext(env, method, call);
-          log = ctx.log;
+          ctx = callContext(env, method, call);
           who = { tenant: ctx.caller.tenant, peer: ctx.caller.peer };
           request = decode(method, call.request);
           unary(request, ctx).then((result) => {

@@ -16,7 +16,16 @@ const MORE_FIELDS = 3;
 
 // One validator for the process: it compiles each message's rules once, on
 // first use, and reuses the plan for every later request of that type.
-const validator = createValidator();
+// Schema patterns are ours (proto/vfio_broker/v1) and simple; the platform RegExp
+// matches them far faster than the pure-JS RE2 engine protovalidate defaults to.
+const patterns = new Map<string, RegExp>();
+const validator = createValidator({
+  regexMatch: (pattern, against) => {
+    let re = patterns.get(pattern);
+    if (!re) patterns.set(pattern, (re = new RegExp(pattern)));
+    return re.test(against);
+  },
+});
 
 /**
  * The error to answer a request with, or undefined when it satisfies every

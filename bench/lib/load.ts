@@ -1,0 +1,68 @@
+/**
+ * Closed-loop load: `concurrency` workers each issue one RPC at a time until
+ * the run's RPC budget is spent. Every RPC's latency is recorded; throughput
+ * is RPCs over the wall time of the whole run.
+ */
+import { distribution, type Distribution } from './stats.js';
+
+export interface LoadResult {
+  concurrency: number;
+  rpcs: number;
+  wallMs: number;
+  rpcPerSec: number;
+  /** Per-RPC latency in microseconds. */
+  latencyUs: Distribution;
+  /** Server CPU time per RPC in microseconds, when the server reported it. */
+  serverCpuUsPerRpc?: number;
+}
+
+export class LatencyRecorder {
+  readonly samples: Float64Array;
+  n = 0;
+  constructor(capacity: number) {
+    this.samples = new Float64Array(capacity);
+  }
+
+  /** Runs one RPC and records its latency. */
+  async time<T>(call: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    const value = await call();
+    if (this.n < this.samples.length) this.samples[this.n++] = (performance.now() - t0) * 1000;
+    return value;
+  }
+}
+
+/**
+ * `iteration(worker, k, rec)` issues `rpcsPerIteration` RPCs through `rec`.
+ * Workers stop claiming iterations once `totalRpcs` have been claimed.
+ */
+export async function closedLoop(
+  concurrency: number,
+  totalRpcs: number,
+  rpcsPerIteration: number,
+  iteration: (worker: number, k: number, rec: LatencyRecorder) => Promise<void>,
+  serverCpu?: () => Promise<number>,
+): Promise<LoadResult> {
+  const rec = new LatencyRecorder(totalRpcs + rpcsPerIteration * concurrency);
+  let claimed = 0;
+  const cpu0 = serverCpu ? await serverCpu() : 0;
+  const t0 = performance.now();
+  const worker = async (w: number) => {
+    for (let k = 0; claimed < totalRpcs; k++) {
+      claimed += rpcsPerIteration;
+      await iteration(w, k, rec);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, (_, w) => worker(w)));
+  const wallMs = performance.now() - t0;
+  const cpu1 = serverCpu ? await serverCpu() : 0;
+  const result: LoadResult = {
+    concurrency,
+    rpcs: rec.n,
+    wallMs,
+    rpcPerSec: rec.n / (wallMs / 1000),
+    latencyUs: distribution(rec.samples, rec.n),
+  };
+  if (serverCpu) result.serverCpuUsPerRpc = (cpu1 - cpu0) / rec.n;
+  return result;
+}

@@ -1,0 +1,208 @@
+/**
+ * `npm run bench`: every benchmark, side by side with its baseline in the same
+ * run, written to bench/results/latest.{json,md} plus a timestamped copy.
+ *
+ * Knobs (environment): BENCH_ONLY=single,topology,teardown,memory,ownwork,ffi
+ * BENCH_CALLS (RPCs per measurement at 64 in flight), BENCH_CALLS_C1 (at 1),
+ * BENCH_WARMUP, BENCH_ROUNDS, BENCH_TOPOLOGIES, BENCH_TEARDOWN_SIZES,
+ * BENCH_OWNWORK_ITERS, BENCH_MEM_CONTEXTS, BENCH_MEM_PER_CONTEXT,
+ * BENCH_FFI_CALLS, BENCH_AUDIT=0, BENCH_LOG_LEVEL, BENCH_PROFILE=1 (CPU
+ * profiles of the server processes into .cache/bench/prof; read them with
+ * `bench/run.sh prof-top FILE`), BENCH_WORKLOADS=allocDestroy,bindUnbind,
+ * allocDestroyAudited and BENCH_CONCURRENCY=1,64 (narrow a profiling run),
+ * BENCH_ALT_DIST=DIR (a second build's compiled bench/ directory: its daemon
+ * is measured in the same rounds, rows marked "candidate build").
+ */
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { CACHE, Child, ROOT } from './lib/child.js';
+import type { LoadResult } from './lib/load.js';
+import { envInt, envList, machineInfo, machineLine, median, minMax, stealTicks } from './lib/stats.js';
+import { evaluateTargets, markdown, type Aggregate, type InprocTeardownPoint, type Results } from './report.js';
+import { compareTopologies, probeApplyTopology, runWorkload, startServers, teardownScaling, type Servers, type TopologyMode, type Workload } from './rpc.js';
+
+const CONCURRENCIES = (envList('BENCH_CONCURRENCY') ?? ['1', '64']).map(Number) as (1 | 64)[];
+const only = envList('BENCH_ONLY');
+const wants = (s: string) => !only || only.includes(s);
+const logLevel = process.env['BENCH_LOG_LEVEL'] ?? 'info';
+
+function log(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+function aggregate(rounds: LoadResult[], echo: LoadResult[] | undefined): Aggregate {
+  const m = (f: (r: LoadResult) => number) => median(rounds.map(f));
+  const agg: Aggregate = {
+    concurrency: rounds[0]!.concurrency,
+    rounds,
+    rpcPerSec: m((r) => r.rpcPerSec),
+    p50Us: m((r) => r.latencyUs.p50),
+    p99Us: m((r) => r.latencyUs.p99),
+    maxUs: m((r) => r.latencyUs.max),
+    serverCpuUsPerRpc: m((r) => r.serverCpuUsPerRpc ?? NaN),
+  };
+  if (echo) {
+    // Ratios per round (each broker round against the echo round next to it), then the median.
+    const per = (f: (r: LoadResult) => number) => rounds.map((r, i) => f(r) / f(echo[i] ?? echo[0]!));
+    const thr = per((r) => r.rpcPerSec);
+    agg.vsEcho = {
+      throughput: median(thr),
+      throughputRange: minMax(thr),
+      p50: median(per((r) => r.latencyUs.p50)),
+      p99: median(per((r) => r.latencyUs.p99)),
+      p99Range: minMax(per((r) => r.latencyUs.p99)),
+      max: median(per((r) => r.latencyUs.max)),
+      serverCpu: median(per((r) => r.serverCpuUsPerRpc ?? NaN)),
+    };
+  }
+  return agg;
+}
+
+async function singleOps(s: Servers, results: Results): Promise<void> {
+  const rounds = envInt('BENCH_ROUNDS', 3);
+  const callsC1 = envInt('BENCH_CALLS_C1', 4000);
+  const callsC64 = envInt('BENCH_CALLS', 20000);
+  const calls = (c: number) => (c === 1 ? callsC1 : callsC64);
+  const warm = envInt('BENCH_WARMUP', 3000);
+  const all: Workload[] = [
+    'echo',
+    'allocDestroy',
+    'bindUnbind',
+    ...(s.audited ? (['allocDestroyAudited'] as const) : []),
+    ...(s.alt ? (['allocDestroyAlt', 'bindUnbindAlt'] as const) : []),
+  ];
+  const picked = envList('BENCH_WORKLOADS');
+  const workloads = all.filter((w) => w === 'echo' || !picked || picked.includes(w));
+  log(`warm-up: ${warm} RPCs per workload`);
+  for (const w of workloads) await runWorkload(s, w, 64, warm);
+  const raw: Record<string, Record<number, LoadResult[]>> = {};
+  for (let r = 0; r < rounds; r++) {
+    for (const c of CONCURRENCIES) {
+      // Alternate the order so no workload always runs right after the same neighbour.
+      const order = r % 2 ? [...workloads].reverse() : workloads;
+      for (const w of order) {
+        if (w === 'allocDestroyAudited' && c !== 64) continue;
+        const res = await runWorkload(s, w, c, calls(c));
+        ((raw[w] ??= {})[c] ??= []).push(res);
+        log(`round ${r + 1}/${rounds} ${w} @${c}: ${Math.round(res.rpcPerSec)} RPC/s, p99 ${Math.round(res.latencyUs.p99)} µs`);
+      }
+    }
+  }
+  const echoBy = raw['echo']!;
+  results.transport = Object.fromEntries(CONCURRENCIES.map((c) => [c, aggregate(echoBy[c]!, undefined)]));
+  results.singleOps = {};
+  for (const w of workloads.filter((x) => x !== 'echo')) {
+    results.singleOps[w] = Object.fromEntries(Object.entries(raw[w]!).map(([c, rs]) => [c, aggregate(rs, echoBy[Number(c)])]));
+  }
+  results.config['rounds'] = rounds;
+  results.config['callsPerMeasurement'] = { 1: callsC1, 64: callsC64 };
+  results.config['warmup'] = warm;
+}
+
+async function inChild<T>(script: string, cmd: string, args: unknown): Promise<T> {
+  const child = await Child.start(script, [], `${script}-${cmd}`);
+  try {
+    return await child.request<T>(cmd, args);
+  } finally {
+    await child.stop();
+  }
+}
+
+async function main(): Promise<void> {
+  const started = new Date();
+  const machine = machineInfo();
+  const steal0 = stealTicks();
+  console.log(`machine: ${machineLine(machine)}`);
+  const results: Results = { version: 1, startedAt: started.toISOString(), machine, config: { logLevel, only: only ?? 'all' } };
+  const profile = process.env['BENCH_PROFILE'] === '1';
+  const execArgv = profile ? ['--cpu-prof', `--cpu-prof-dir=${path.join(CACHE, 'prof')}`] : [];
+
+  const needServers = wants('single') || wants('topology') || wants('teardown');
+  if (needServers) {
+    const topoParallel = 8;
+    const altDist = process.env['BENCH_ALT_DIST'] ? path.resolve(process.env['BENCH_ALT_DIST']) : undefined;
+    if (altDist) results.config['altDist'] = altDist;
+    const s = await startServers({ devices: 64 + 4 * topoParallel, logLevel, audit: process.env['BENCH_AUDIT'] !== '0', execArgv, altDist });
+    try {
+      if (wants('single')) await singleOps(s, results);
+      if (wants('topology')) {
+        const count = envInt('BENCH_TOPOLOGIES', 200);
+        const rounds = 4;
+        await compareTopologies(s, ['separate'], 1, 20, 1); // warm-up
+        const applyNote = await probeApplyTopology(s);
+        const modes: TopologyMode[] = applyNote ? ['separate'] : ['separate', 'apply'];
+        if (!applyNote) await compareTopologies(s, ['apply'], 1, 20, 1);
+        log(`topology: ${count} VMs one at a time, then ${count} with ${topoParallel} at once (${modes.join(' vs ')})`);
+        const serial = await compareTopologies(s, modes, 1, count, rounds);
+        const parallel = await compareTopologies(s, modes, topoParallel, count, rounds);
+        // Echo at 1 in flight, same run: what bare round trips cost next to a topology.
+        const echo1 = await runWorkload(s, 'echo', 1, 26 * Math.min(100, count));
+        results.topology = { serial, parallel, echoP50Us: echo1.latencyUs.p50, ...(applyNote ? { applyNote } : {}) };
+      }
+      if (wants('teardown')) {
+        const sizes = (envList('BENCH_TEARDOWN_SIZES') ?? ['10', '100', '1000', '10000']).map(Number);
+        const reps = (n: number) => (n <= 1000 ? 9 : 5);
+        log(`teardown over RPC: ${sizes.join(', ')} objects`);
+        await teardownScaling(s, [100], () => 2); // warm-up
+        const rpc = await teardownScaling(s, sizes, reps);
+        log('teardown in-process (Broker class, no gRPC)');
+        const inproc = await inChild<InprocTeardownPoint[]>('inproc', 'teardown', {
+          sizes,
+          reps: Object.fromEntries(sizes.map((n) => [String(n), n <= 100 ? 100 : n <= 1000 ? 20 : 5])),
+          logLevel,
+        });
+        results.teardown = { rpc, inproc };
+      }
+    } finally {
+      await s.stop();
+    }
+  }
+  if (wants('ownwork')) {
+    log('broker own work (in-process)');
+    results.ownWork = await inChild('inproc', 'ownwork', { iterations: envInt('BENCH_OWNWORK_ITERS', 100_000), rounds: 5, logLevel });
+  }
+  if (wants('memory')) {
+    const contexts = envInt('BENCH_MEM_CONTEXTS', 1000);
+    const perContext = envInt('BENCH_MEM_PER_CONTEXT', 100);
+    log(`memory: ${contexts * perContext} objects across ${contexts} contexts`);
+    const total = await inChild<Record<string, number>>('inproc', 'memory', { contexts, perContext, simOnly: false, logLevel });
+    const sim = await inChild<Record<string, number>>('inproc', 'memory', { contexts, perContext, simOnly: true, logLevel });
+    results.memory = { total, sim };
+  }
+  if (wants('ffi')) {
+    log('koffi vs C: ioctl(FIONREAD)');
+    results.ffi = await inChild('ffi', 'ffi', { n: envInt('BENCH_FFI_CALLS', 200_000), rounds: 15, asyncN: 20_000 });
+  }
+
+  const steal1 = stealTicks();
+  results.finishedAt = new Date().toISOString();
+  results.durationSec = Math.round((Date.now() - started.getTime()) / 1000);
+  if (steal0 !== undefined && steal1 !== undefined) results.stealTicks = steal1 - steal0;
+  results.targets = evaluateTargets(results);
+  const md = markdown(results);
+  console.log(`\n${md}`);
+  writeResults(results, md);
+}
+
+function writeResults(results: Results, md: string): void {
+  const dir = path.join(ROOT, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const stamp = results.startedAt.replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
+  const json = `${JSON.stringify(results, null, 2)}\n`;
+  for (const [name, body] of [
+    [`latest.json`, json],
+    [`latest.md`, md],
+    [`${stamp}.json`, json],
+    [`${stamp}.md`, md],
+  ] as const) {
+    const file = path.join(dir, name);
+    writeFileSync(`${file}.tmp`, body);
+    renameSync(`${file}.tmp`, file);
+  }
+  log(`wrote bench/results/latest.{json,md} and ${stamp}.{json,md}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,295 @@
+/**
+ * `npm run soak`: 200 clients across 50 tenants run VM lifecycles against a
+ * daemon (sim backend) in this process for SOAK_SECONDS (default 300; CI: 30),
+ * with 1% injected kernel-call failures and clients that vanish without
+ * CloseContext. The clients run in a child process (bench/soak-clients.ts),
+ * so this process's RSS and event-loop lag are the daemon's own. Exits
+ * non-zero unless: no unexpected errors, no leaked objects/contexts/fds,
+ * registry == kernel for live contexts, RSS growth after warm-up < 10%,
+ * event-loop lag p99 < 50 ms (lag = timer delay beyond its 10 ms interval).
+ *
+ * Knobs: SOAK_SECONDS, SOAK_CLIENTS, SOAK_TENANTS, SOAK_FAULT_RATE,
+ * SOAK_ABANDON_RATE, SOAK_THINK_MS, SOAK_SEED.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { monitorEventLoopDelay, PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
+import pino from 'pino';
+import type { TeardownReport } from '../src/broker/events.js';
+import { startDaemon, type Daemon } from '../src/daemon.js';
+import type { KernelOp } from '../src/kernel/types.js';
+import { createLogger } from '../src/obs/log.js';
+import { benchDaemonConfig } from './lib/setup.js';
+import { CACHE, Child } from './lib/child.js';
+import type { SoakStats, Unexpected } from './lib/soak-client.js';
+import type { SoakClientsConfig } from './soak-clients.js';
+import { cpuMicros, envInt, machineInfo, machineLine, median, round, sleep } from './lib/stats.js';
+
+const SECONDS = envInt('SOAK_SECONDS', 300);
+const CLIENTS = envInt('SOAK_CLIENTS', 200);
+const TENANTS = envInt('SOAK_TENANTS', 50);
+const FAULT_RATE = Number(process.env['SOAK_FAULT_RATE'] ?? 0.01);
+const ABANDON_RATE = Number(process.env['SOAK_ABANDON_RATE'] ?? 0.05);
+const THINK_MS = envInt('SOAK_THINK_MS', 100);
+const SEED = envInt('SOAK_SEED', 20261124);
+const GRACE_SECONDS = 0.25;
+const LEASE_SECONDS = 2;
+const INJECTED = ['ENOMEM', 'EIO', 'EAGAIN'] as const;
+/**
+ * Warm-up before RSS and lag are measured: a third of the run, 10–60 s. V8
+ * keeps growing its heap for the first ~5–10 s of load; a shorter warm-up
+ * measures that sizing, not a leak.
+ */
+const WARMUP_SECONDS = Math.min(60, Math.max(10, SECONDS / 3));
+
+const LAG_RESOLUTION_MS = 10;
+
+interface ContextInternals {
+  state: string;
+  executor: { run<T>(task: () => Promise<T>): Promise<T> };
+}
+
+/** Registry vs sim kernel objects for every open context, compared inside each context's FIFO. */
+async function registryMismatches(daemon: Daemon): Promise<string[]> {
+  const sim = daemon.sim!;
+  const out: string[] = [];
+  await Promise.all(
+    daemon.broker.listContexts().map(async ({ id }) => {
+      const ctx = daemon.broker.inspectContext(id);
+      if (!ctx) return;
+      const compare = () => {
+        if (ctx.state !== 'open') return;
+        const registry = [...ctx.registry.all()]
+          .filter((o) => o.state === 'live')
+          .map((o) => `${o.kernelId}:${o.kind}${o.kind === 'HWPT_PAGING' && o.automatic ? ':auto' : ''}`)
+          .sort();
+        const kernel = sim
+          .objects(ctx.iommufd)
+          .map((o) => `${o.id}:${o.type}${o.type === 'HWPT_PAGING' && o.auto ? ':auto' : ''}`)
+          .sort();
+        if (registry.join() !== kernel.join()) out.push(`${id}: registry [${registry.join(' ')}] != kernel [${kernel.join(' ')}]`);
+      };
+      const internals = ctx as unknown as Partial<ContextInternals>;
+      if (internals.executor) await internals.executor.run(async () => compare()).catch(() => undefined);
+      else compare();
+    }),
+  );
+  return out;
+}
+
+async function main(): Promise<void> {
+  const machine = machineInfo();
+  console.log(`machine: ${machineLine(machine)}`);
+  console.log(`soak: ${SECONDS} s, ${CLIENTS} clients, ${TENANTS} tenants, fault rate ${FAULT_RATE}, abandon rate ${ABANDON_RATE}/lifecycle, think ${THINK_MS} ms, seed ${SEED}`);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'vfio-broker-soak-'));
+  const config = benchDaemonConfig({ socketPath: path.join(dir, 'broker.sock'), devices: CLIENTS * 2, auditPath: path.join(dir, 'audit.log'), logLevel: 'warn' });
+  const devices = config.sim.devices!.map((d) => d.bdf);
+  config.assignments = {};
+  for (let c = 0; c < CLIENTS; c++) for (const i of [2 * c, 2 * c + 1]) config.assignments[devices[i]!] = `tenant-${c % TENANTS}`;
+  config.quotas.default = { ...config.quotas.default, contexts: 64, objects: 4096 };
+  config.teardown.clientGoneGraceSeconds = GRACE_SECONDS;
+
+  const teardownProblems: string[] = [];
+  const injectedSet = new Set<string>(INJECTED);
+  const daemon = await startDaemon({
+    config,
+    log: createLogger('warn', pino.destination({ dest: path.join(dir, 'daemon.log'), sync: false })),
+    observer: {
+      teardown: (r: TeardownReport) => {
+        const bad = r.failures.filter((f) => !injectedSet.has(f.errno));
+        if (bad.length) teardownProblems.push(`${r.reason} teardown failed steps not caused by injection: ${JSON.stringify(bad)}`);
+      },
+    },
+  });
+  const sim = daemon.sim!;
+  // Count what the sim injects (its own schedule, seeded).
+  const injected = new Map<string, number>();
+  const onCall = sim.faults.onCall.bind(sim.faults);
+  sim.faults.onCall = (op: KernelOp) => {
+    const e = onCall(op);
+    if (e !== undefined) injected.set(`${op}:${e}`, (injected.get(`${op}:${e}`) ?? 0) + 1);
+    return e;
+  };
+  sim.faults.failRandomly(FAULT_RATE, INJECTED, SEED);
+
+  const abandoned = new Map<string, { at: number; mode: 'watch' | 'lease' }>();
+  const reclaimMs: number[] = [];
+  const harness: Unexpected[] = [];
+  const waitReclaimed = async (id: string) => {
+    const a = abandoned.get(id);
+    const limitMs = ((a?.mode === 'lease' ? LEASE_SECONDS : 0) + GRACE_SECONDS) * 1000 + 10_000;
+    const since = a?.at ?? performance.now();
+    while (daemon.broker.inspectContext(id)) {
+      if (performance.now() - since > limitMs) throw new Error(`abandoned ${a?.mode ?? ''} context ${id} not reclaimed after ${Math.round(limitMs)} ms`);
+      await sleep(50);
+    }
+    if (a) reclaimMs.push(performance.now() - a.at);
+    abandoned.delete(id);
+  };
+
+  const clientsChild = await Child.start('soak-clients', [], 'soak-clients');
+  clientsChild.handlers['abandoned'] = (a) => {
+    const { contextId, mode } = a as { contextId: string; mode: 'watch' | 'lease' };
+    abandoned.set(contextId, { at: performance.now(), mode });
+    return true;
+  };
+  clientsChild.handlers['waitReclaimed'] = (id) => waitReclaimed(id as string);
+  clientsChild.handlers['afterClose'] = (id) =>
+    daemon.broker.inspectContext(id as string) ? `context ${String(id)} still in the broker after CloseContext answered` : undefined;
+
+  let cpuAtWarm = 0;
+  let wallAtWarm = 0;
+  const lag = monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
+  // GC pauses after warm-up, to tell collector pauses from other loop stalls.
+  const gcPauses: { kind: string; ms: number }[] = [];
+  const gcObserver = new PerformanceObserver((list) => {
+    if (!lagStarted) return;
+    for (const e of list.getEntries()) {
+      const kind = ((e as unknown as { detail?: { kind?: number } }).detail)?.kind;
+      gcPauses.push({ kind: kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR ? 'major' : kind === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'minor' : 'other', ms: e.duration });
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
+  const samples: { t: number; rss: number; heap: number; heapTotal: number; external: number }[] = [];
+  const mismatches: string[] = [];
+  const t0 = performance.now();
+  let lagStarted = false;
+  const sampler = setInterval(() => {
+    const t = (performance.now() - t0) / 1000;
+    const m = process.memoryUsage();
+    samples.push({ t, rss: m.rss, heap: m.heapUsed, heapTotal: m.heapTotal, external: m.external });
+    if (!lagStarted && t >= WARMUP_SECONDS) {
+      cpuAtWarm = cpuMicros();
+      wallAtWarm = performance.now();
+      lag.enable();
+      lagStarted = true;
+    }
+  }, 1000);
+  const checker = setInterval(() => {
+    void registryMismatches(daemon).then((m) => mismatches.push(...m));
+  }, 2000);
+  let lastClientCpu: { cpu: number; at: number } | undefined;
+  const progress = setInterval(() => {
+    void clientsChild.request<{ stats: SoakStats; unexpected: number; cpu: number }>('stats').then(({ stats, unexpected, cpu }) => {
+      const clientCpu = lastClientCpu ? (cpu - lastClientCpu.cpu) / 1000 / (performance.now() - lastClientCpu.at) : NaN;
+      lastClientCpu = { cpu, at: performance.now() };
+      const t = Math.round((performance.now() - t0) / 1000);
+      console.log(`  t=${t}s rpcs=${stats.rpcsOk} lifecycles=${stats.lifecycles} contexts=${daemon.broker.contextCount} injected=${[...injected.values()].reduce((a, b) => a + b, 0)} unexpected=${unexpected + mismatches.length + teardownProblems.length} daemon rss=${Math.round(process.memoryUsage().rss / 2 ** 20)}MiB clients cpu=${Number.isNaN(clientCpu) ? '-' : `${round(clientCpu * 100, 0)}%`}`);
+    });
+  }, 10_000);
+
+  const clientsConfig: SoakClientsConfig = {
+    address: `unix:${config.socket.path}`,
+    clients: CLIENTS,
+    tenants: TENANTS,
+    devices,
+    injected: [...INJECTED],
+    abandonRate: ABANDON_RATE,
+    leaseRate: 0.2,
+    leaseSeconds: LEASE_SECONDS,
+    thinkMs: THINK_MS,
+    seed: SEED ^ 0x5eed,
+  };
+  await clientsChild.request('start', clientsConfig);
+  await sleep(SECONDS * 1000);
+  const loadSeconds = (performance.now() - t0) / 1000;
+  const daemonCpu = wallAtWarm ? (cpuMicros() - cpuAtWarm) / 1000 / (performance.now() - wallAtWarm) : NaN;
+  lag.disable();
+  gcObserver.disconnect();
+  clearInterval(sampler);
+  clearInterval(progress);
+  // Clients finish their current lifecycle (closing their context) and stop.
+  let drainTimer: NodeJS.Timeout | undefined;
+  const finished = await Promise.race([
+    clientsChild.request<{ stats: SoakStats; unexpected: Unexpected[] }>('finish'),
+    new Promise<undefined>((resolve) => (drainTimer = setTimeout(() => resolve(undefined), 120_000))),
+  ]);
+  clearTimeout(drainTimer);
+  await clientsChild.stop();
+  clearInterval(checker);
+  sim.faults.clear();
+  // Anything still abandoned must be reclaimed by the grace/lease timers.
+  for (const id of [...abandoned.keys()]) {
+    await waitReclaimed(id).catch((err: Error) => harness.push({ client: -1, step: 'reclaim', code: 'none', reason: '', message: err.message }));
+  }
+  mismatches.push(...(await registryMismatches(daemon)));
+  const leaks = {
+    brokerContexts: daemon.broker.contextCount,
+    kernelObjects: sim.liveObjectCount(),
+    kernelContexts: sim.liveContextCount(),
+    openFds: sim.openFileCount(),
+    boundDevices: daemon.broker.inventory.countByState().bound,
+  };
+  await daemon.stop();
+  rmSync(dir, { recursive: true, force: true });
+  const stats = finished?.stats;
+  const clientUnexpected = finished?.unexpected ?? [];
+
+  // RSS: median of the first 10% of post-warm-up samples against the last 10%.
+  const after = samples.filter((s) => s.t >= WARMUP_SECONDS);
+  const k = Math.max(3, Math.floor(after.length / 10));
+  const base = median(after.slice(0, k).map((s) => s.rss));
+  const end = median(after.slice(-k).map((s) => s.rss));
+  const mib = (f: (x: (typeof samples)[number]) => number) =>
+    `${Math.round(median(after.slice(0, k).map(f)) / 2 ** 20)} → ${Math.round(median(after.slice(-k).map(f)) / 2 ** 20)}`;
+  const rssGrowth = (end - base) / base;
+  mkdirSync(CACHE, { recursive: true });
+  writeFileSync(path.join(CACHE, 'soak-memory.json'), JSON.stringify(samples.map((x) => ({ ...x, t: round(x.t, 1) }))));
+  // The histogram records the interval between timer runs; lag is what exceeds the interval.
+  const lagMs = (ns: number) => Math.max(0, ns / 1e6 - LAG_RESOLUTION_MS);
+  const lagP99 = lagMs(lag.percentile(99));
+  const injectedTotal = [...injected.values()].reduce((a, b) => a + b, 0);
+  const drained = finished !== undefined;
+  const unexpected = clientUnexpected.length + harness.length + teardownProblems.length + mismatches.length + (drained ? 0 : 1);
+
+  const criteria = [
+    { name: 'unexpected errors', value: unexpected, ok: unexpected === 0, goal: '0' },
+    { name: 'leaked contexts/objects/fds', value: JSON.stringify(leaks), ok: Object.values(leaks).every((v) => v === 0), goal: 'all 0' },
+    {
+      name: 'daemon RSS growth after warm-up',
+      value: `${round(rssGrowth * 100, 1)}% (${Math.round(base / 2 ** 20)} → ${Math.round(end / 2 ** 20)} MiB; heapUsed ${mib((x) => x.heap)}, heapTotal ${mib((x) => x.heapTotal)}, external ${mib((x) => x.external)} MiB)`,
+      ok: after.length >= 2 * k && rssGrowth < 0.1,
+      goal: '< 10%',
+    },
+    {
+      name: 'daemon event-loop lag p99',
+      value: `${round(lagP99, 1)} ms (p50 ${round(lagMs(lag.percentile(50)), 1)}, max ${round(lagMs(lag.max), 1)}; ${LAG_RESOLUTION_MS} ms timer, ${lag.count} samples after warm-up)`,
+      ok: lagStarted && lagP99 < 50,
+      goal: '< 50 ms',
+    },
+  ];
+  console.log('\nsoak result');
+  if (stats) {
+    console.log(`  load: ${round(loadSeconds, 1)} s + drain, ${stats.rpcsOk} RPCs ok (~${Math.round(stats.rpcsOk / loadSeconds)}/s), ${stats.lifecycles} lifecycles, ${stats.closed} closed, ${stats.unbinds} unbinds, ${stats.watchEvents} watch events`);
+    console.log(`  abandoned: ${stats.abandonedWatch} (watch cancelled + disconnect), ${stats.abandonedLease} (lease ${LEASE_SECONDS} s ran out); reclaimed after median ${round(median(reclaimMs), 0)} ms, max ${round(Math.max(0, ...reclaimMs), 0)} ms (grace ${GRACE_SECONDS} s)`);
+  }
+  console.log(`  injected kernel failures: ${injectedTotal} (${[...injected].sort((a, b) => b[1] - a[1]).map(([k2, v]) => `${k2}=${v}`).join(' ')})`);
+  if (stats) console.log(`  expected failures seen by clients: ${stats.expectedInjected} carrying an injected errno, ${stats.expectedRefusals} refusals a step asked for`);
+  const gcBy = (k: string) => gcPauses.filter((g) => g.kind === k).map((g) => g.ms);
+  const gcLine = (k: string) => {
+    const xs = gcBy(k);
+    return `${k} ${xs.length}× (p50 ${round(median(xs), 1)} ms, max ${round(Math.max(0, ...xs), 1)} ms, total ${Math.round(xs.reduce((a, b) => a + b, 0))} ms)`;
+  };
+  console.log(`  daemon CPU after warm-up: ${round(daemonCpu * 100, 0)}% of one core (the daemon is one event loop; near 100% it is saturated)`);
+  console.log(`  GC pauses after warm-up: ${gcLine('major')}, ${gcLine('minor')}`);
+  for (const c of criteria) console.log(`  ${c.ok ? 'ok  ' : 'FAIL'} ${c.name}: ${c.value} (goal ${c.goal})`);
+  const details = [
+    ...[...clientUnexpected, ...harness].map((u) => `client ${u.client} ${u.step}: ${u.code} ${u.reason}: ${u.message}`),
+    ...teardownProblems,
+    ...mismatches,
+    ...(drained ? [] : ['clients did not finish within 120 s of the stop']),
+  ];
+  if (details.length) {
+    console.log(`  unexpected (first 20 of ${details.length}):`);
+    for (const d of details.slice(0, 20)) console.log(`    ${d}`);
+  }
+  const ok = criteria.every((c) => c.ok);
+  console.log(ok ? 'soak passed' : 'soak FAILED');
+  process.exit(ok ? 0 : 1);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(2);
+});

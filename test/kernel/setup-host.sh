@@ -5,6 +5,7 @@
 #   xz-utils         : unpack linux-source-*.tar.xz
 #   rsync            : `make headers_install` (uAPI headers for layout checks)
 #   python3          : used by the kernel build scripts
+#   gdb              : layout check: reads the struct member list from DWARF (`ptype /o`)
 #   ca-certificates, debian-archive-keyring : fetching and verifying the sid index
 # Idempotent: exits quickly when everything is present. Set VFIO_BROKER_SKIP_SETUP=1 to skip.
 set -euo pipefail
@@ -20,6 +21,7 @@ PACKAGES=(
   qemu-system-x86
   flex bison bc libelf-dev libssl-dev cpio
   make gcc libc6-dev xz-utils rsync python3 ca-certificates debian-archive-keyring
+  gdb
 )
 
 command -v dpkg-query >/dev/null 2>&1 || die "this lane needs a Debian-based host (dpkg/apt not found)"

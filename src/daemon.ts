@@ -9,7 +9,7 @@ import { Broker, type BrokerObserver } from './broker/broker.js';
 import { asTenant, type TenantId } from './broker/ids.js';
 import { Inventory } from './broker/inventory.js';
 import { Quotas } from './broker/quotas.js';
-import type { Config } from './config/config.js';
+import { handoffSocketPath, type Config } from './config/config.js';
 import { instrumentKernel } from './kernel/instrumented.js';
 import { createLinuxKernel } from './kernel/linux/index.js';
 import { createSimKernel, type SimKernel } from './kernel/sim/index.js';
@@ -18,6 +18,7 @@ import { FileAuditLog, NO_AUDIT, type AuditSink } from './obs/audit.js';
 import { BrokerMetrics } from './obs/metrics.js';
 import { startMetricsServer, type MetricsServer } from './obs/metrics-server.js';
 import { SdNotifier } from './obs/sd-notify.js';
+import { startHandoffServer, type HandoffServer } from './rpc/handoff-server.js';
 import { startServer, StartupError, type RunningServer } from './rpc/server.js';
 import { VERSION } from './version.js';
 
@@ -48,6 +49,7 @@ function createKernel(config: Config): { kernel: KernelBackend; sim: SimKernel |
     case 'sim': {
       const sim = createSimKernel({
         profile: config.sim.profile,
+        withoutIoctls: config.sim.withoutIoctls,
         ...(config.sim.devices ? { devices: config.sim.devices.map((d) => ({ ...d, cdev: d.cdev, driver: d.driver ?? 'vfio-pci', iommu: d.iommu ?? 'iommu0' })) } : {}),
       });
       return { kernel: sim, sim };
@@ -100,6 +102,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     clientGoneGraceMs: config.teardown.clientGoneGraceSeconds * 1000,
     observer: combine(metrics.observer, options.observer),
     quotas: new Quotas(config.quotas.default, config.quotas.tenants),
+    handoff: { socketPath: handoffSocketPath(config), leaseMs: config.handoff.leaseSeconds * 1000 },
   });
   metrics.attachBroker(broker);
 
@@ -108,6 +111,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   let audit: AuditSink = NO_AUDIT;
   let metricsServer: MetricsServer | undefined;
   let server: RunningServer;
+  let handoff: HandoffServer | undefined;
   try {
     if (config.audit.path) {
       const file = await FileAuditLog.open(config.audit.path, config.audit.sync);
@@ -128,6 +132,18 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
       onAuditResult: (ok) => metrics.auditRecords.inc({ result: ok ? 'written' : 'failed' }),
     });
     undo.push(() => server.stop(0));
+    const fdSocket = await startHandoffServer({
+      socketPath: handoffSocketPath(config),
+      socketMode: config.socket.mode,
+      socketGid: config.socket.gid,
+      broker,
+      log,
+      audit: config.audit.path ? audit : undefined,
+      onResult: (result) => metrics.fdHandoffs.inc({ result }),
+      onAuditResult: (ok) => metrics.auditRecords.inc({ result: ok ? 'written' : 'failed' }),
+    });
+    handoff = fdSocket;
+    undo.push(() => fdSocket.close());
     if (config.metrics.address) metricsServer = await startMetricsServer(config.metrics.address, metrics.registry, log);
   } catch (err) {
     for (const step of undo.reverse()) await step().catch(() => undefined);
@@ -154,6 +170,8 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         server.setServing(false);
         // Teardowns queue behind in-flight requests in each context's FIFO, so
         // those finish first; their watch streams then end with a closed event.
+        // No new fd handoffs for contexts about to be torn down.
+        await handoff?.close();
         await broker.shutdown(config.shutdown.teardownContexts);
         await server.stop(config.shutdown.drainSeconds * 1000);
         notifier?.stopWatchdog();

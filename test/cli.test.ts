@@ -12,6 +12,7 @@ import { memoryIo, type MemoryIo } from '../src/cli/io.js';
 import { defaultConfig } from '../src/config/config.js';
 import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/obs/log.js';
+import { redeemDeviceFd } from '../src/rpc/handoff-client.js';
 
 let dir: string;
 let socket: string;
@@ -282,6 +283,24 @@ describe('vfio-broker CLI', () => {
 
     await ok('close', ctx);
     await ok('unassign', '0000:02:00.0');
+  });
+
+  it('lease-fd prints a one-time token and the fd socket, which hands this process the device fd', async () => {
+    await ok('assign', '0000:41:00.0', 'default');
+    const ctx = (await ok('open')).trim();
+    const dev = handleOf(await ok('bind', ctx, '0000:41:00.0'));
+    const out = await ok('lease-fd', ctx, dev);
+    const [, token, fdSocket] = /^token ([0-9a-f]{64})\nsocket (\S+)\nexpires \d{4}-\d\d-\d\dT\S+Z\n$/.exec(out) ?? [];
+    expect(fdSocket).toBe(path.join(dir, 'broker-fd.sock'));
+    // The CLI ran in this process, so this process may redeem it.
+    const fd = await redeemDeviceFd(fdSocket!, token!);
+    expect(fs.readlinkSync(`/proc/self/fd/${fd}`)).toBe('/memfd:vfio-sim:0000:41:00.0 (deleted)');
+    fs.closeSync(fd);
+    const json = await okJson('lease-fd', ctx, dev);
+    expect(json).toMatchObject({ token: expect.stringMatching(/^[0-9a-f]{64}$/), socketPath: fdSocket });
+    expect((await cli('lease-fd', ctx, '99')).err).toMatch(/reason=OBJECT_NOT_FOUND/);
+    await ok('close', ctx);
+    await ok('unassign', '0000:41:00.0');
   });
 
   it('names the socket and `vfio-broker serve` when no daemon answers', async () => {

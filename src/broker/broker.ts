@@ -11,15 +11,24 @@ import { newContextId, type ContextId, type Handle, type TenantId } from './ids.
 import { Inventory, type DeviceView } from './inventory.js';
 import * as ops from './operations.js';
 import { runTeardown, type TeardownEnv, type TeardownScope } from './teardown.js';
-import { listViews } from './views.js';
+import { contextSummary, listViews, type ContextSummary } from './views.js';
 import { applyTopology, type TopologyResult, type TopologyStep } from './topology.js';
 import { DEFAULT_QUOTA, Quotas } from './quotas.js';
+import { Handoffs, localCaller, type Lease } from './handoff.js';
+import { mapMemory, pinnedAccount, requireMapFile, unmapMemory, type MapMemoryArgs } from './memory.js';
+import type { IoasMapping } from './objects.js';
+
+export type { ContextSummary } from './views.js';
 
 export interface Caller {
   tenant: TenantId;
   admin: boolean;
   /** Who is calling, for logs and audit (e.g. `uid=1000 pid=42`). */
   peer: string;
+  /** Peer credentials of a Unix-socket caller (SO_PEERCRED); absent for mTLS callers. */
+  uid?: number | undefined;
+  gid?: number | undefined;
+  pid?: number | undefined;
 }
 
 export interface BrokerObserver {
@@ -36,22 +45,12 @@ export interface BrokerOptions {
   clientGoneGraceMs: number;
   observer?: BrokerObserver;
   quotas?: Quotas;
+  /** The fd socket clients redeem tokens on, and how long a token lives. */
+  handoff?: { socketPath: string; leaseMs: number };
 }
 
 export const MAX_LABEL_BYTES = 128;
 export const MAX_LEASE_SECONDS = 86_400;
-
-export interface ContextSummary {
-  id: ContextId;
-  tenant: TenantId;
-  label: string;
-  openedAt: Date;
-  objectCount: number;
-  deviceIds: string[];
-  watchers: number;
-  leaseSeconds: number;
-  queued: number;
-}
 
 export class Broker {
   readonly kernel: KernelBackend;
@@ -61,6 +60,8 @@ export class Broker {
   private readonly contexts = new Map<ContextId, Context>();
   private readonly byTenant = new Map<TenantId, Set<Context>>();
   readonly quotas: Quotas;
+  /** fd-socket tokens; the rpc layer's handoff server redeems them here. */
+  readonly handoffs: Handoffs;
   private readonly log: Logger;
   private readonly env: ops.OpEnv;
   private shuttingDown = false;
@@ -74,10 +75,18 @@ export class Broker {
     options.kernel.onDeviceRequest?.((bdf) => {
       this.deviceRequested(bdf).catch((err: unknown) => this.log.error({ err, bdf }, 'device request handling failed'));
     });
+    this.handoffs = new Handoffs({
+      socketPath: options.handoff?.socketPath ?? '',
+      leaseMs: options.handoff?.leaseMs ?? 10_000,
+      kernel: options.kernel,
+      contextOf: (id) => this.contexts.get(id),
+    });
     this.env = {
       kernel: options.kernel,
       inventory: options.inventory,
       admitObject: (ctx) => this.quotas.checkObjects(ctx.tenant, this.liveObjectsOf(ctx.tenant)),
+      pinned: pinnedAccount(this.quotas),
+      uploads: this.handoffs,
     };
   }
 
@@ -187,6 +196,35 @@ export class Broker {
     return this.inContext(caller, id, (ctx) => ops.allocVdevice(this.env, ctx, viommu, device, virtId));
   }
 
+  /** A one-time token for the bound device's fd, redeemable on the fd socket by this caller's process only. */
+  leaseDeviceFd(caller: Caller, id: string, device: Handle): Promise<Lease> {
+    return this.inContext(caller, id, async (ctx) => {
+      const owner = localCaller(caller, 'LeaseDeviceFd');
+      ctx.registry.resolve(device, ['DEVICE'], 'device');
+      return this.handoffs.issue(ctx, owner, { kind: 'device_fd', device });
+    });
+  }
+
+  /** A one-time token for sending a memfd on the fd socket, for MapMemory. */
+  prepareMemoryUpload(caller: Caller, id: string): Promise<Lease> {
+    return this.inContext(caller, id, async (ctx) => {
+      const owner = localCaller(caller, 'PrepareMemoryUpload');
+      requireMapFile(this.capabilities);
+      return this.handoffs.issue(ctx, owner, { kind: 'memory_upload' });
+    });
+  }
+
+  mapMemory(caller: Caller, id: string, args: MapMemoryArgs): Promise<IoasMapping> {
+    return this.inContext(caller, id, async (ctx) => {
+      requireMapFile(this.capabilities);
+      return mapMemory(this.env, ctx, args);
+    });
+  }
+
+  unmapMemory(caller: Caller, id: string, ioas: Handle, iova: bigint, length: bigint): Promise<bigint> {
+    return this.inContext(caller, id, (ctx) => unmapMemory(this.env, ctx, ioas, iova, length));
+  }
+
   /**
    * The host wants a device back: tear it down in the legal order in whatever
    * context holds it, close its fd (which lets the kernel's unbind proceed)
@@ -265,23 +303,7 @@ export class Broker {
   }
 
   listContexts(tenant?: TenantId): ContextSummary[] {
-    const out: ContextSummary[] = [];
-    for (const ctx of this.contexts.values()) {
-      if (tenant && ctx.tenant !== tenant) continue;
-      const deviceIds = [...ctx.registry.liveOfKind('DEVICE')].map((d) => d.deviceId as string);
-      out.push({
-        id: ctx.id,
-        tenant: ctx.tenant,
-        label: ctx.label,
-        openedAt: ctx.openedAt,
-        objectCount: ctx.registry.liveCount,
-        deviceIds,
-        watchers: ctx.watcherCount,
-        leaseSeconds: ctx.leaseSeconds,
-        queued: ctx.executor.depth,
-      });
-    }
-    return out;
+    return [...this.contexts.values()].filter((ctx) => !tenant || ctx.tenant === tenant).map(contextSummary);
   }
 
   /** Refuses new work; with `teardownAll`, closes every context in the legal order. */
@@ -292,6 +314,7 @@ export class Broker {
       await Promise.all(contexts.map((ctx) => ctx.executor.run(() => this.teardownContext(ctx, 'forced'))));
     }
     for (const ctx of contexts) ctx.stopTimers();
+    this.handoffs.close();
   }
 
   private refuseWhenShuttingDown(): void {
@@ -359,6 +382,9 @@ export class Broker {
     try {
       return await this.teardown(ctx, { kind: 'context' }, reason);
     } finally {
+      // Closing the iommufd unmapped everything, whatever teardown managed before.
+      this.env.pinned.release(ctx, ctx.pinnedBytes);
+      this.handoffs.dropContext(ctx.id);
       ctx.state = 'closed';
       this.contexts.delete(ctx.id);
       const own = this.byTenant.get(ctx.tenant);

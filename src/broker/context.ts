@@ -13,6 +13,8 @@ export class Context {
   readonly executor: FifoExecutor;
   readonly openedAt = new Date();
   state: ContextState = 'open';
+  /** Bytes of guest memory mapped in this context, counted against the tenant's pinned_bytes quota. */
+  pinnedBytes = 0n;
   private sequence = 0;
   private readonly listeners = new Set<EventListener>();
   /** Set while the context would be torn down unless a client shows up. */

@@ -25,6 +25,7 @@ export type ErrorReason =
   | 'DEVICE_QUARANTINED'
   | 'CONTEXT_CLOSING'
   | 'NOT_DESTROYABLE'
+  | 'MEMORY_NOT_UPLOADED'
   // Kernel answers that are not a broker-level state problem.
   | 'ALREADY_EXISTS'
   | 'KERNEL_UNSUPPORTED'
@@ -95,6 +96,7 @@ export function reasonForErrno(errno: string): ErrorReason {
     case 'ENOENT':
     case 'ENODEV':
     case 'ENXIO':
+    case 'EADDRINUSE':
       return 'KERNEL_REJECTED';
     case 'ENOMEM':
     case 'ENOSPC':

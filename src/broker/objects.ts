@@ -27,6 +27,13 @@ export interface DeviceObject extends ObjectBase {
 
 export interface IoasObject extends ObjectBase {
   readonly kind: 'IOAS';
+  /** Guest memory mapped into it (MapMemory), by IOVA; their bytes are pinned against the quota. */
+  readonly mappings: Map<bigint, IoasMapping>;
+}
+
+export interface IoasMapping {
+  readonly iova: bigint;
+  readonly length: bigint;
 }
 
 export interface HwptPagingObject extends ObjectBase {

@@ -10,7 +10,7 @@ import { BrokerError, kernelFailure } from './errors.js';
 import type { ObjectView } from './events.js';
 import type { Handle } from './ids.js';
 import type { Inventory } from './inventory.js';
-import type { DeviceObject, HwptNestedObject, HwptPagingObject, ObjectKind } from './objects.js';
+import type { DeviceObject, HwptNestedObject, HwptPagingObject, IoasObject, ObjectKind } from './objects.js';
 import { labelOf } from './objects.js';
 import { viewOf } from './views.js';
 
@@ -19,6 +19,10 @@ export interface OpEnv {
   inventory: Inventory;
   /** Refuses (QUOTA_EXCEEDED) when the context's tenant may not create another object. */
   admitObject(ctx: Context): void;
+  /** Pinned guest memory: reserved before a map (QUOTA_EXCEEDED), released when it is unmapped. */
+  pinned: { reserve(ctx: Context, bytes: bigint): void; release(ctx: Context, bytes: bigint): void };
+  /** Uploaded memfds (handoff.ts): the fd MapMemory names, held by the map until it settles. */
+  uploads: { takeUpload(ctx: Context, token: string): { fd: number; settle(mapped: boolean): void } };
 }
 
 export type HwptKind = 'paging' | 'nest_parent' | 'nested';
@@ -166,7 +170,7 @@ export async function allocIoas(env: OpEnv, ctx: Context): Promise<ObjectView> {
     throw kernelFailure(err, 'allocating an IOAS', []);
   }
   const handle = ctx.registry.nextHandle();
-  ctx.registry.add({ kind: 'IOAS', handle, kernelId: id, state: 'live' });
+  ctx.registry.add({ kind: 'IOAS', handle, kernelId: id, state: 'live', mappings: new Map() });
   return created(ctx, handle);
 }
 
@@ -315,7 +319,15 @@ export async function destroyObject(env: OpEnv, ctx: Context, handle: Handle): P
     throw e;
   }
   ctx.registry.remove(handle);
+  // The kernel unmapped everything in the IOAS with it (§3.1).
+  if (obj.kind === 'IOAS') env.pinned.release(ctx, mappedBytes(obj));
   ctx.emit({ type: 'destroyed', handle, kind: obj.kind });
+}
+
+export function mappedBytes(ioas: IoasObject): bigint {
+  let n = 0n;
+  for (const m of ioas.mappings.values()) n += m.length;
+  return n;
 }
 
 export async function getHwInfo(env: OpEnv, ctx: Context, deviceHandle: Handle): Promise<HwInfo> {

@@ -1,4 +1,6 @@
+import type { Context } from './context.js';
 import type { ObjectView } from './events.js';
+import type { ContextId, TenantId } from './ids.js';
 import type { BrokerObject } from './objects.js';
 import { holdsOf } from './objects.js';
 import type { Registry } from './registry.js';
@@ -38,4 +40,30 @@ export function viewOf(registry: Registry, obj: BrokerObject): ObjectView {
 
 export function listViews(registry: Registry): ObjectView[] {
   return [...registry.all()].map((obj) => viewOf(registry, obj)).sort((a, b) => a.handle - b.handle);
+}
+
+export interface ContextSummary {
+  id: ContextId;
+  tenant: TenantId;
+  label: string;
+  openedAt: Date;
+  objectCount: number;
+  deviceIds: string[];
+  watchers: number;
+  leaseSeconds: number;
+  queued: number;
+}
+
+export function contextSummary(ctx: Context): ContextSummary {
+  return {
+    id: ctx.id,
+    tenant: ctx.tenant,
+    label: ctx.label,
+    openedAt: ctx.openedAt,
+    objectCount: ctx.registry.liveCount,
+    deviceIds: [...ctx.registry.liveOfKind('DEVICE')].map((d) => d.deviceId as string),
+    watchers: ctx.watcherCount,
+    leaseSeconds: ctx.leaseSeconds,
+    queued: ctx.executor.depth,
+  };
 }

@@ -2,8 +2,9 @@
 import { fromJson, toJson, type JsonValue, type MessageShape } from '@bufbuild/protobuf';
 import { readFileSync } from 'node:fs';
 import { ApplyTopologyRequestSchema, ApplyTopologyResponseSchema } from '../gen/vfio_broker/v1/topology_pb.js';
+import { timestampDate } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
-import { AllocHwptResponseSchema, AllocIoasResponseSchema, AllocVdeviceResponseSchema, AllocViommuResponseSchema, AttachDeviceResponseSchema, BindDeviceResponseSchema, CloseContextResponseSchema, DestroyObjectResponseSchema, DetachDeviceResponseSchema, GetHwInfoResponseSchema, ListObjectsResponseSchema, OpenContextResponseSchema, UnbindDeviceResponseSchema, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
+import { AllocHwptResponseSchema, AllocIoasResponseSchema, AllocVdeviceResponseSchema, AllocViommuResponseSchema, AttachDeviceResponseSchema, BindDeviceResponseSchema, CloseContextResponseSchema, DestroyObjectResponseSchema, DetachDeviceResponseSchema, GetHwInfoResponseSchema, LeaseDeviceFdResponseSchema, ListObjectsResponseSchema, OpenContextResponseSchema, UnbindDeviceResponseSchema, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
 import { HwptKind, ViommuType } from '../gen/vfio_broker/v1/objects_pb.js';
 import { HWPT_DATA_TYPE } from '../kernel/types.js';
 import { UINT32_MAX, UINT64_MAX, UsageError, flag, parseChoice, parseHandle, parseHex, parseSeconds, parseUint, positional, stringValue } from './args.js';
@@ -267,6 +268,26 @@ fails, every earlier step is undone and the error names the step.`,
       return async (api) => {
         const res = await api.broker.allocVdevice({ contextId, viommu, device, virtId }, api.call);
         api.print(AllocVdeviceResponseSchema, res, () => `${describeObject(res.vdevice)}\n`);
+      };
+    },
+  },
+  {
+    name: 'lease-fd',
+    group: 'Objects',
+    args: ['CTX', 'DEVICE_HANDLE'],
+    summary: "lease a bound device's fd: print a one-time token and the fd socket",
+    description: `Prints "token T", "socket PATH" and "expires TIME". The process that leased the token (same uid AND
+pid, checked with SO_PEERCRED) redeems it once before it expires: connect to PATH, send T and a newline, and
+receive the fd by SCM_RIGHTS (src/rpc/handoff-client.ts does this). Since this command's own process leased
+it, a VMM calls LeaseDeviceFd itself; this command shows the exchange and the socket to scripts and operators.
+The fd is already bound to the context's iommufd: never VFIO_DEVICE_BIND_IOMMUFD it again (EINVAL).`,
+    prepare: (p) => {
+      const contextId = text(p, 'CTX');
+      const device = parseHandle(text(p, 'DEVICE_HANDLE'), 'DEVICE_HANDLE');
+      return async (api) => {
+        const res = await api.broker.leaseDeviceFd({ contextId, device }, api.call);
+        const expires = res.expiresAt ? timestampDate(res.expiresAt).toISOString() : '?';
+        api.print(LeaseDeviceFdResponseSchema, res, () => `token ${res.token}\nsocket ${res.socketPath}\nexpires ${expires}\n`);
       };
     },
   },

@@ -28,7 +28,8 @@ export interface Config {
   backend: BackendName;
   /** `gid`: group given the socket, so its members can connect (with mode 0660). */
   socket: { path: string; mode: number; gid: number | undefined };
-  sim: { profile: KernelProfile; devices: SimDeviceConfig[] | undefined };
+  /** `withoutIoctls`: ioctls the simulated kernel pretends to lack (e.g. IOMMU_IOAS_MAP_FILE), for testing fallbacks. */
+  sim: { profile: KernelProfile; devices: SimDeviceConfig[] | undefined; withoutIoctls: string[] };
   /**
    * linux backend: `allowlist` of PCI addresses the broker may list, open and
    * rebind (absent = list all, rebind none); `selftestDevices` enables
@@ -48,6 +49,18 @@ export interface Config {
   metrics: { address: string };
   /** Audit log file; empty to disable. */
   audit: { path: string; sync: 'fdatasync' | 'none' };
+  /**
+   * The fd socket (LeaseDeviceFd, PrepareMemoryUpload): its path (default:
+   * next to socket.path, see handoffSocketPath) and how long a token lives.
+   */
+  handoff: { socketPath: string | undefined; leaseSeconds: number };
+}
+
+/** The fd socket's path: the configured one, else `broker.sock` → `broker-fd.sock` beside the gRPC socket. */
+export function handoffSocketPath(config: Pick<Config, 'socket' | 'handoff'>): string {
+  if (config.handoff.socketPath) return config.handoff.socketPath;
+  const base = path.basename(config.socket.path).replace(/\.sock$/, '');
+  return path.join(path.dirname(config.socket.path), `${base}-fd.sock`);
 }
 
 export class ConfigError extends Error {
@@ -75,7 +88,7 @@ export function defaultConfig(): Config {
   return {
     backend: 'sim',
     socket: { path: defaultSocketPath(), mode: 0o660, gid: undefined },
-    sim: { profile: 'linux-6.17', devices: undefined },
+    sim: { profile: 'linux-6.17', devices: undefined, withoutIoctls: [] },
     linux: { allowlist: undefined, selftestDevices: false },
     assignments: {},
     identity: { defaultTenant: 'default', rules: [] },
@@ -86,6 +99,7 @@ export function defaultConfig(): Config {
     log: { level: 'info' },
     metrics: { address: DEFAULT_METRICS_ADDRESS },
     audit: { path: defaultAuditPath(), sync: 'fdatasync' },
+    handoff: { socketPath: undefined, leaseSeconds: 10 },
   };
 }
 
@@ -148,7 +162,7 @@ function simDevice(v: unknown, at: string): SimDeviceConfig {
 
 export function parseConfig(raw: unknown, source: string): Config {
   const cfg = defaultConfig();
-  const top = object(raw, source, ['backend', 'socket', 'sim', 'linux', 'assignments', 'identity', 'tcp', 'quotas', 'teardown', 'shutdown', 'log', 'metrics', 'audit']);
+  const top = object(raw, source, ['backend', 'socket', 'sim', 'linux', 'assignments', 'identity', 'tcp', 'quotas', 'teardown', 'shutdown', 'log', 'metrics', 'audit', 'handoff']);
   if (top['backend'] !== undefined) cfg.backend = oneOf(top['backend'], 'backend', ['sim', 'linux'] as const);
   if (top['socket'] !== undefined) {
     const s = object(top['socket'], 'socket', ['path', 'mode', 'gid']);
@@ -157,11 +171,15 @@ export function parseConfig(raw: unknown, source: string): Config {
     if (s['gid'] !== undefined) cfg.socket.gid = int(s['gid'], 'socket.gid', 0, 0xffff_fffe);
   }
   if (top['sim'] !== undefined) {
-    const s = object(top['sim'], 'sim', ['profile', 'devices']);
+    const s = object(top['sim'], 'sim', ['profile', 'devices', 'withoutIoctls']);
     if (s['profile'] !== undefined) cfg.sim.profile = oneOf(s['profile'], 'sim.profile', KERNEL_PROFILES);
     if (s['devices'] !== undefined) {
       if (!Array.isArray(s['devices'])) throw new ConfigError('sim.devices: expected an array');
       cfg.sim.devices = s['devices'].map((d, i) => simDevice(d, `sim.devices[${i}]`));
+    }
+    if (s['withoutIoctls'] !== undefined) {
+      if (!Array.isArray(s['withoutIoctls'])) throw new ConfigError('sim.withoutIoctls: expected an array of ioctl names');
+      cfg.sim.withoutIoctls = s['withoutIoctls'].map((n, i) => str(n, `sim.withoutIoctls[${i}]`));
     }
   }
   if (top['linux'] !== undefined) {
@@ -235,6 +253,11 @@ export function parseConfig(raw: unknown, source: string): Config {
       cfg.audit.path = a['path'];
     }
     if (a['sync'] !== undefined) cfg.audit.sync = oneOf(a['sync'], 'audit.sync', ['fdatasync', 'none'] as const);
+  }
+  if (top['handoff'] !== undefined) {
+    const h = object(top['handoff'], 'handoff', ['socketPath', 'leaseSeconds']);
+    if (h['socketPath'] !== undefined) cfg.handoff.socketPath = str(h['socketPath'], 'handoff.socketPath');
+    if (h['leaseSeconds'] !== undefined) cfg.handoff.leaseSeconds = num(h['leaseSeconds'], 'handoff.leaseSeconds', 0.001, 3600);
   }
   return cfg;
 }

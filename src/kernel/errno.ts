@@ -27,6 +27,7 @@ export const ERRNO = {
   EBADFD: 77,
   EMSGSIZE: 90,
   EOPNOTSUPP: 95,
+  EADDRINUSE: 98,
 } as const;
 
 export type ErrnoName = keyof typeof ERRNO;

@@ -3,7 +3,7 @@
  * result (errno name or `ok`), for metrics. It adds one closure call and two
  * clock reads per call, nothing else.
  */
-import { KernelError, type KernelBackend, type KernelOp } from './types.js';
+import { KernelError, type DeviceFile, type KernelBackend, type KernelOp } from './types.js';
 
 export type KernelCallObserver = (op: KernelOp, seconds: number, result: string) => void;
 
@@ -28,6 +28,8 @@ export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObser
     listPciFunctions: () => kernel.listPciFunctions(),
     shutdown: () => kernel.shutdown(),
     ...(kernel.onDeviceRequest ? { onDeviceRequest: (l: (bdf: string) => void) => kernel.onDeviceRequest!(l) } : {}),
+    // Not a kernel call: a lookup of the fd the backend holds.
+    ...(kernel.osFd ? { osFd: (f: DeviceFile) => kernel.osFd!(f) } : {}),
     openIommufd: timed('open_iommufd', observe, () => kernel.openIommufd()),
     closeIommufd: timed('close_iommufd', observe, (f) => kernel.closeIommufd(f)),
     openDevice: timed('open_device', observe, (cdev) => kernel.openDevice(cdev)),
@@ -41,5 +43,7 @@ export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObser
     viommuAlloc: timed('viommu_alloc', observe, (i, a) => kernel.viommuAlloc(i, a)),
     vdeviceAlloc: timed('vdevice_alloc', observe, (i, a) => kernel.vdeviceAlloc(i, a)),
     getHwInfo: timed('get_hw_info', observe, (i, d) => kernel.getHwInfo(i, d)),
+    ioasMapFile: timed('ioas_map_file', observe, (i, a) => kernel.ioasMapFile(i, a)),
+    ioasUnmap: timed('ioas_unmap', observe, (i, id, iova, length) => kernel.ioasUnmap(i, id, iova, length)),
   };
 }

@@ -134,6 +134,27 @@ export interface HwInfo {
   maxPasidLog2: number;
 }
 
+/** Access of an IOAS mapping; neither is EINVAL in the kernel (§3.3). Unset means granted. */
+export interface MapAccess {
+  readable?: boolean | undefined;
+  writeable?: boolean | undefined;
+}
+
+/** IOMMU_IOAS_MAP_FILE arguments (§3.4). */
+export interface IoasMapFileArgs extends MapAccess {
+  ioasId: KernelObjectId;
+  /** An fd of this process: a memfd (or hugetlbfs file, or on 6.19+ a supported dma-buf). */
+  fd: number;
+  /** Byte offset in the file. */
+  start: bigint;
+  length: bigint;
+  /** Fixed IOVA (IOMMU_IOAS_MAP_FIXED_IOVA); undefined lets the kernel choose. */
+  iova?: bigint | undefined;
+}
+
+/** IOMMU_IOAS_UNMAP's unmap-everything request (§3.5): iova 0, length U64_MAX. */
+export const UNMAP_ALL = { iova: 0n, length: 0xffff_ffff_ffff_ffffn } as const;
+
 /** A PCI function as the host sees it (sysfs on linux, config on sim). */
 export interface PciFunction {
   /** Domain:bus:device.function, e.g. `0000:00:04.0`. */
@@ -184,6 +205,21 @@ export interface KernelBackend {
   viommuAlloc(iommufd: IommufdFile, args: ViommuAllocArgs): Promise<KernelObjectId>;
   vdeviceAlloc(iommufd: IommufdFile, args: VdeviceAllocArgs): Promise<KernelObjectId>;
   getHwInfo(iommufd: IommufdFile, devId: KernelObjectId): Promise<HwInfo>;
+
+  /** IOMMU_IOAS_MAP_FILE (6.13+, §3.4); returns the IOVA. Pins the file's pages. */
+  ioasMapFile(iommufd: IommufdFile, args: IoasMapFileArgs): Promise<bigint>;
+  /**
+   * IOMMU_IOAS_UNMAP (§3.5); returns the bytes unmapped. The one call with
+   * partial progress: on error, areas before the failing one may be gone.
+   */
+  ioasUnmap(iommufd: IommufdFile, ioasId: KernelObjectId, iova: bigint, length: bigint): Promise<bigint>;
+
+  /**
+   * The OS fd of an open device file in this process, to hand to a VMM
+   * (SCM_RIGHTS); undefined once it is closed. On linux it is the VFIO cdev
+   * fd itself; on sim a memfd standing in for it.
+   */
+  osFd?(file: DeviceFile): number | undefined;
 
   /**
    * Calls `listener` when the host asks for a device back (vfio-pci's request

@@ -7,6 +7,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Broker, BrokerObserver } from '../broker/broker.js';
 import type { TeardownReport } from '../broker/events.js';
+import { HANDOFF_RESULTS } from '../broker/handoff.js';
 import { DEVICE_STATES } from '../broker/inventory.js';
 import type { ObjectKind } from '../broker/objects.js';
 import type { KernelCallObserver } from '../kernel/instrumented.js';
@@ -29,6 +30,7 @@ export class BrokerMetrics {
   readonly queueWaitSeconds: Histogram;
   readonly ready: Gauge;
   readonly auditRecords: Counter<'result'>;
+  readonly fdHandoffs: Counter<'result'>;
   private broker: Broker | undefined;
 
   constructor(version: string) {
@@ -73,6 +75,13 @@ export class BrokerMetrics {
     });
     this.ready = new Gauge({ name: `${PREFIX}ready`, help: '1 when the daemon serves requests, 0 while starting or draining.', registers });
     this.auditRecords = new Counter({ name: `${PREFIX}audit_records_total`, help: 'Audit log records written, by result.', labelNames: ['result'], registers });
+    this.fdHandoffs = new Counter({
+      name: `${PREFIX}fd_handoffs_total`,
+      help: 'Attempts on the fd socket (device fds sent, memfds received, and refusals), by result.',
+      labelNames: ['result'],
+      registers,
+    });
+    for (const result of HANDOFF_RESULTS) this.fdHandoffs.inc({ result }, 0);
     new Gauge({ name: `${PREFIX}build_info`, help: 'Build information; always 1.', labelNames: ['version', 'node_version'], registers }).set(
       { version, node_version: process.version },
       1,

@@ -2,7 +2,9 @@
  * What an audit record names: the scalar identifiers of a request (handles,
  * device IDs, tenants, virt_ids) and the handles a response created. Read
  * from the message descriptors, so a new RPC is audited without new code.
- * Byte payloads (driver data) are never copied into the log.
+ * Byte payloads (driver data) are never copied into the log, nor fields
+ * marked `debug_redact` (fd-socket tokens: whoever reads the audit log must
+ * not be able to redeem them).
  */
 import { ScalarType, type DescMessage, type Message } from '@bufbuild/protobuf';
 import { MethodOptions_IdempotencyLevel } from '@bufbuild/protobuf/wkt';
@@ -17,6 +19,7 @@ export function auditFields(schema: DescMessage, message: Message, prefix = ''):
   const out: Record<string, string> = {};
   const values = message as unknown as Record<string, unknown>;
   for (const field of schema.fields) {
+    if (field.proto.options?.debugRedact) continue;
     const value = values[field.localName];
     const key = `${prefix}${field.name}`;
     switch (field.fieldKind) {

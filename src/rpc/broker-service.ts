@@ -1,9 +1,10 @@
 /** vfio_broker.v1.BrokerService: request decoding and response shaping only. */
 import { create } from '@bufbuild/protobuf';
-import { timestampNow } from '@bufbuild/protobuf/wkt';
+import { timestampFromMs, timestampNow } from '@bufbuild/protobuf/wkt';
 import type { Broker } from '../broker/broker.js';
 import { BrokerError } from '../broker/errors.js';
 import type { SequencedEvent } from '../broker/events.js';
+import type { Lease } from '../broker/handoff.js';
 import { asHandle } from '../broker/ids.js';
 import { BrokerService, WatchContextResponseSchema } from '../gen/vfio_broker/v1/broker_pb.js';
 import { HwptKind, ViommuType } from '../gen/vfio_broker/v1/objects_pb.js';
@@ -37,6 +38,11 @@ function topologyStep(step: PbTopologyStep): TopologyStep {
 
 function outOfRangeEnum(field: string, value: number): BrokerError {
   return new BrokerError('INVALID_FIELD', `${field}: ${value} is not a known value`, { field });
+}
+
+/** A token for the fd socket, and where that socket is: clients never choose the path. */
+function grant(broker: Broker, lease: Lease) {
+  return { token: lease.token, socketPath: broker.handoffs.socketPath, expiresAt: timestampFromMs(lease.expiresAt) };
 }
 
 export function brokerServiceImpl(broker: Broker): ServiceImpl<MethodsOf<typeof BrokerService>> {
@@ -101,6 +107,28 @@ export function brokerServiceImpl(broker: Broker): ServiceImpl<MethodsOf<typeof 
     },
     async listObjects(req, { caller }) {
       return { objects: (await broker.listObjects(caller, req.contextId)).map(objectInfo) };
+    },
+    async leaseDeviceFd(req, { caller }) {
+      return grant(broker, await broker.leaseDeviceFd(caller, req.contextId, asHandle(req.device)));
+    },
+    async prepareMemoryUpload(req, { caller }) {
+      return grant(broker, await broker.prepareMemoryUpload(caller, req.contextId));
+    },
+    async mapMemory(req, { caller }) {
+      const mapping = await broker.mapMemory(caller, req.contextId, {
+        ioas: asHandle(req.ioas),
+        iova: req.iova,
+        fixedIova: req.fixedIova,
+        length: req.length,
+        offset: req.offset,
+        readable: req.readable,
+        writeable: req.writeable,
+        uploadToken: req.uploadToken,
+      });
+      return { iova: mapping.iova, length: mapping.length };
+    },
+    async unmapMemory(req, { caller }) {
+      return { unmappedBytes: await broker.unmapMemory(caller, req.contextId, asHandle(req.ioas), req.iova, req.length) };
     },
     async watchContext(req, { caller, signal }, send) {
       // Events that arrive before the snapshot is sent wait, so the stream stays in order.

@@ -23,6 +23,7 @@ export function codeForErrno(errno: string): Code {
     case 'EBUSY':
     case 'EPERM':
     case 'EBADFD':
+    case 'EADDRINUSE':
       return Code.FAILED_PRECONDITION;
     case 'EEXIST':
       return Code.ALREADY_EXISTS;
@@ -62,6 +63,7 @@ export function codeForReason(reason: ErrorReason, errno: string | undefined): C
     case 'CONTEXT_CLOSING':
     case 'NOT_DESTROYABLE':
     case 'KERNEL_PERMISSION':
+    case 'MEMORY_NOT_UPLOADED':
       return Code.FAILED_PRECONDITION;
     case 'ALREADY_EXISTS':
       return Code.ALREADY_EXISTS;

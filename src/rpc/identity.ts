@@ -98,14 +98,16 @@ export class PeerIdentity implements IdentityResolver {
         field: TENANT_HEADER,
       });
     }
-    if (admin) return { tenant: asTenant(requested ?? this.config.defaultTenant), admin: true, peer };
+    // A Unix caller's credentials go with it: fd handoffs are bound to this uid and pid.
+    const creds = principal.kind === 'unix' ? { uid: principal.creds.uid, gid: principal.creds.gid, pid: principal.creds.pid } : {};
+    if (admin) return { tenant: asTenant(requested ?? this.config.defaultTenant), admin: true, peer, ...creds };
     if (!rule?.tenant) {
       throw new BrokerError('PERMISSION_DENIED', `${peer} is not mapped to a tenant or the admin role (identity.rules)`);
     }
     if (requested !== undefined && requested !== rule.tenant) {
       throw new BrokerError('PERMISSION_DENIED', `${peer} belongs to tenant "${rule.tenant}" and cannot act for "${requested}"`);
     }
-    return { tenant: asTenant(rule.tenant), admin: false, peer };
+    return { tenant: asTenant(rule.tenant), admin: false, peer, ...creds };
   }
 
   private principalOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): Principal {

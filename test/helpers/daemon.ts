@@ -71,18 +71,24 @@ export function asTenantMetadata(tenant: string): grpc.Metadata {
   return md;
 }
 
-/** Kernel objects the sim has for a context equal the broker's live registry entries. */
+/** `iova+length` of each mapping, in IOVA order. */
+function mappingList(mappings: Iterable<{ iova: bigint; length: bigint }>): string {
+  const sorted = [...mappings].sort((a, b) => (a.iova < b.iova ? -1 : a.iova > b.iova ? 1 : 0));
+  return sorted.length === 0 ? '' : `:[${sorted.map((m) => `0x${m.iova.toString(16)}+0x${m.length.toString(16)}`).join(',')}]`;
+}
+
+/** Kernel objects the sim has for a context equal the broker's live registry entries, IOAS mappings included. */
 export function registryMatchesKernel(td: TestDaemon, contextId: string): { registry: string[]; kernel: string[] } {
   const ctx = td.daemon.broker.inspectContext(contextId);
   const sim = td.daemon.sim;
   if (!ctx || !sim) throw new Error(`no context ${contextId}`);
   const registry = [...ctx.registry.all()]
     .filter((o) => o.state === 'live')
-    .map((o) => `${o.kernelId}:${o.kind}${o.kind === 'HWPT_PAGING' && o.automatic ? ':auto' : ''}`)
+    .map((o) => `${o.kernelId}:${o.kind}${o.kind === 'HWPT_PAGING' && o.automatic ? ':auto' : ''}${o.kind === 'IOAS' ? mappingList(o.mappings.values()) : ''}`)
     .sort();
   const kernel = sim
     .objects(ctx.iommufd)
-    .map((o) => `${o.id}:${o.type}${o.type === 'HWPT_PAGING' && o.auto ? ':auto' : ''}`)
+    .map((o) => `${o.id}:${o.type}${o.type === 'HWPT_PAGING' && o.auto ? ':auto' : ''}${o.type === 'IOAS' ? mappingList(sim.mappings(ctx.iommufd, o.id)) : ''}`)
     .sort();
   return { registry, kernel };
 }

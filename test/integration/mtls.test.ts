@@ -52,6 +52,16 @@ describe.runIf(haveOpenssl || process.env['CI'])('mTLS TCP listener', () => {
     expect((denied as grpc.ServiceError).code).toBe(grpc.status.PERMISSION_DENIED);
   });
 
+  it('refuses fd handoffs to mTLS callers: an fd only reaches a local process', async () => {
+    const broker = createClient(BrokerService, tlsChannel(pki.client('acme-vmm2', 'URI:spiffe://example.test/vmm/acme')));
+    const { contextId } = await broker.openContext({});
+    for (const call of [broker.leaseDeviceFd({ contextId, device: 1n }), broker.prepareMemoryUpload({ contextId })]) {
+      const err = (await call.catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+      expect(err.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(err.details).toMatch(/call it on the Unix socket, not over mTLS/);
+    }
+  });
+
   it('maps a DNS SAN, and a CN only for certificates without SANs, to the admin role', async () => {
     const dns = tlsChannel(pki.client('orch', 'DNS:orchestrator.example.test'));
     expect((await createClient(AdminService, dns).getStatus({})).backend).toBe('sim');

@@ -91,6 +91,21 @@ describe('IOAS data path and VFIO device calls', () => {
     expect(IOMMU_IOAS_MAP_FILE_STRUCT.decode(fake.calls('IOMMU_IOAS_MAP_FILE')[0]!.sent!)).toMatchObject({ fd: 33, start: 0x2000n, iova: 0x10_0000n, flags: 7 });
   });
 
+  it('IOAS_MAP_FILE on a closed iommufd is EBADF naming ioas_map_file, before any ioctl', async () => {
+    const { fake, kernel, iommufd } = await setup();
+    await kernel.closeIommufd(iommufd);
+    await expectErrno(kernel.ioasMapFile(iommufd, { ioasId: id(1), fd: 33, start: 0n, length: 0x1000n }), 'EBADF', 'ioas_map_file');
+    expect(fake.calls('IOMMU_IOAS_MAP_FILE')).toEqual([]);
+  });
+
+  it('osFd is the VFIO cdev fd while the backend holds it open (for SCM_RIGHTS handoff)', async () => {
+    const { kernel } = await setup();
+    const d = await kernel.openDevice('vfio0');
+    expect(kernel.osFd(d)).toBe(d.fdNumber);
+    await kernel.closeDevice(d);
+    expect(kernel.osFd(d)).toBeUndefined();
+  });
+
   it('IOAS_UNMAP returns the bytes unmapped; unmap-all is iova 0, length U64_MAX', async () => {
     const { fake, kernel, iommufd } = await setup();
     fake.on('IOMMU_IOAS_UNMAP', (arg) => writeFields(arg!, IOMMU_IOAS_UNMAP_STRUCT, { length: 0x3000n }));

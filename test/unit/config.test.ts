@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig } from '../../src/config/config.js';
+import { ConfigError, handoffSocketPath, parseConfig } from '../../src/config/config.js';
 
 const bad = (raw: unknown) => {
   try {
@@ -24,9 +24,14 @@ describe('config parsing', () => {
         quotas: { default: { contexts: 4 }, tenants: { acme: { objects: 10 } } },
         metrics: { address: '[::1]:9473' },
         audit: { path: '', sync: 'none' },
+        handoff: { leaseSeconds: 2.5 },
       },
       'cfg.json',
     );
+    expect(cfg.handoff).toEqual({ socketPath: undefined, leaseSeconds: 2.5 });
+    // The fd socket sits beside the gRPC socket unless configured.
+    expect(handoffSocketPath(cfg)).toBe('/run/x-fd.sock');
+    expect(handoffSocketPath({ ...cfg, handoff: { socketPath: '/run/fds.sock', leaseSeconds: 1 } })).toBe('/run/fds.sock');
     expect(cfg.socket).toEqual({ path: '/run/x.sock', mode: 0o660, gid: 1000 });
     expect(cfg.identity.rules).toEqual([{ uid: 1000, tenant: 'acme' }, { uri: 'spiffe://x/y', admin: true }]);
     expect(cfg.quotas.default.contexts).toBe(4);
@@ -44,5 +49,8 @@ describe('config parsing', () => {
     expect(bad({ tcp: { address: '0.0.0.0:9443' } })).toMatch(/tcp: mTLS is required for TCP; missing caFile, certFile, keyFile/);
     expect(bad({ quotas: { default: { contexts: -1 } } })).toMatch(/quotas\.default\.contexts/);
     expect(bad({ metrics: { address: 'nowhere' } })).toMatch(/metrics\.address: expected HOST:PORT/);
+    expect(bad({ handoff: { leaseSeconds: 0 } })).toMatch(/handoff\.leaseSeconds: expected a number/);
+    expect(bad({ handoff: { path: '/x' } })).toMatch(/handoff\.path: unknown setting \(known: socketPath, leaseSeconds\)/);
+    expect(bad({ sim: { withoutIoctls: 'IOMMU_IOAS_MAP_FILE' } })).toMatch(/sim\.withoutIoctls: expected an array/);
   });
 });

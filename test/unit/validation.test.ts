@@ -33,9 +33,22 @@ type Reason = 'MISSING_FIELD' | 'INVALID_FIELD';
 /** A value the field must refuse, the reason, and words the message must contain. */
 type Bad = [value: unknown, reason: Reason, says: string];
 
-const HANDLES = new Set(['device', 'target', 'parent', 'nest_parent', 'viommu', 'handle']);
-/** Request fields that deliberately carry no rule (checked by the broker against the request's kind). */
-const NO_RULES = new Set(['vfio_broker.v1.AllocHwptRequest.data_type', 'vfio_broker.v1.AllocHwptRequest.dirty_tracking']);
+const HANDLES = new Set(['device', 'target', 'parent', 'nest_parent', 'viommu', 'handle', 'ioas']);
+/**
+ * Request fields that deliberately carry no rule: checked by the broker against the request's kind
+ * (data_type, dirty_tracking), against each other (iova with fixed_iova, readable or writeable), or by
+ * the kernel against the file and IOAS (offset, an unmap's iova: 0 is a valid IOVA).
+ */
+const NO_RULES = new Set([
+  'vfio_broker.v1.AllocHwptRequest.data_type',
+  'vfio_broker.v1.AllocHwptRequest.dirty_tracking',
+  'vfio_broker.v1.MapMemoryRequest.iova',
+  'vfio_broker.v1.MapMemoryRequest.fixed_iova',
+  'vfio_broker.v1.MapMemoryRequest.offset',
+  'vfio_broker.v1.MapMemoryRequest.readable',
+  'vfio_broker.v1.MapMemoryRequest.writeable',
+  'vfio_broker.v1.UnmapMemoryRequest.iova',
+]);
 
 /** A valid value for every request field, by field name. */
 const VALID: Record<string, unknown> = {
@@ -52,6 +65,13 @@ const VALID: Record<string, unknown> = {
   dirty_tracking: false,
   virt_id: 0x99n,
   steps: [{ name: 'ioas', action: { case: 'allocIoas', value: {} } }],
+  iova: 0x100_0000n,
+  fixed_iova: true,
+  length: 0x20_0000n,
+  offset: 0n,
+  readable: true,
+  writeable: true,
+  upload_token: '0123456789abcdef'.repeat(4),
 };
 
 /** More values that must pass: the edges of each rule. */
@@ -66,6 +86,9 @@ const ALSO_VALID: Record<string, unknown[]> = {
   data: [new Uint8Array(0), new Uint8Array(4096)],
   virt_id: [1n, U64_MAX],
   handle: [U64_MAX],
+  // UnmapMemory's unmap-all is length 2^64-1.
+  length: [1n, U64_MAX],
+  upload_token: ['0'.repeat(64), 'f'.repeat(64)],
 };
 
 const BAD: Record<string, Bad[]> = {
@@ -108,6 +131,14 @@ const BAD: Record<string, Bad[]> = {
   ],
   data: [[new Uint8Array(4097), 'INVALID_FIELD', 'at most 4096 bytes; got 4097 bytes']],
   virt_id: [[0n, 'INVALID_FIELD', 'greater than 0; got 0']],
+  length: [[0n, 'MISSING_FIELD', 'length is required']],
+  upload_token: [
+    ['', 'MISSING_FIELD', 'upload_token is required'],
+    ['A'.repeat(64), 'INVALID_FIELD', 'must match `^[0-9a-f]{64}$`'],
+    ['a'.repeat(63), 'INVALID_FIELD', 'must match'],
+    ['a'.repeat(65), 'INVALID_FIELD', 'must match'],
+    ['g'.repeat(64), 'INVALID_FIELD', 'must match'],
+  ],
   steps: [
     [[], 'INVALID_FIELD', 'at least 1'],
     [Array.from({ length: 257 }, (_, i) => ({ name: `s${i}`, action: { case: 'allocIoas', value: {} } })), 'INVALID_FIELD', 'no more than 256 item(s)'],

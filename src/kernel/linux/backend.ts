@@ -280,7 +280,12 @@ export class LinuxKernel implements KernelBackend {
   }
 
   async ioasMapFile(iommufd: IommufdFile, args: dataplane.IoasMapFileArgs): Promise<bigint> {
-    return dataplane.ioasMapFile(this.caller, this.iommufdFd(iommufd, dataplane.EXTRA_OP.ioasMap), args);
+    return dataplane.ioasMapFile(this.caller, this.iommufdFd(iommufd, dataplane.EXTRA_OP.ioasMapFile), args);
+  }
+
+  /** The VFIO cdev fd itself, while this backend holds it open (handed to VMMs by SCM_RIGHTS). */
+  osFd(file: DeviceFile): number | undefined {
+    return this.devices.has(file) ? file.fdNumber : undefined;
   }
 
   async ioasUnmap(iommufd: IommufdFile, ioasId: KernelObjectId, iova: bigint, length: bigint): Promise<bigint> {

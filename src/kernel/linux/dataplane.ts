@@ -1,11 +1,11 @@
 /**
- * iommufd and VFIO calls outside the KernelBackend interface: IOAS mappings
- * (kernel-uapi.md §3.3–§3.6) and VFIO device info/reset (§3.18, §3.19).
- * LinuxKernel exposes them for the real-kernel lane and for the broker once
- * it grows a data path.
+ * IOAS mappings (kernel-uapi.md §3.3–§3.6) and VFIO device info/reset
+ * (§3.18, §3.19). MAP_FILE and UNMAP are KernelBackend calls (the broker's
+ * MapMemory/UnmapMemory); the others LinuxKernel exposes for the real-kernel
+ * lane.
  * Their KernelErrors carry the op in EXTRA_OP and name the exact ioctl.
  */
-import { isKernelError, type KernelObjectId, type KernelOp } from '../types.js';
+import { isKernelError, UNMAP_ALL as UNMAP_ALL_REQUEST, type IoasMapFileArgs, type KernelObjectId, type KernelOp, type MapAccess } from '../types.js';
 import { userPointer, type IoctlCaller } from './ioctl-call.js';
 import {
   IOAS_MAP_FIXED_IOVA,
@@ -29,10 +29,7 @@ export const EXTRA_OP = {
   deviceReset: 'device_reset',
 } as const satisfies Record<string, KernelOp>;
 
-export interface MapAccess {
-  readable?: boolean;
-  writeable?: boolean;
-}
+export type { MapAccess, IoasMapFileArgs } from '../types.js';
 
 export interface IoasMapArgs extends MapAccess {
   ioasId: KernelObjectId;
@@ -40,15 +37,6 @@ export interface IoasMapArgs extends MapAccess {
   userVa: bigint;
   length: bigint;
   /** Fixed IOVA; omitted lets the kernel choose. */
-  iova?: bigint | undefined;
-}
-
-export interface IoasMapFileArgs extends MapAccess {
-  ioasId: KernelObjectId;
-  /** memfd, hugetlbfs file or supported dma-buf (§3.4). */
-  fd: number;
-  start: bigint;
-  length: bigint;
   iova?: bigint | undefined;
 }
 
@@ -90,7 +78,7 @@ export async function ioasMapFile(caller: IoctlCaller, fd: number, args: IoasMap
 }
 
 /** Unmap-all request of §3.5: iova 0, length U64_MAX. */
-export const UNMAP_ALL = { iova: 0n, length: 0xffff_ffff_ffff_ffffn } as const;
+export const UNMAP_ALL = UNMAP_ALL_REQUEST;
 
 /**
  * IOMMU_IOAS_UNMAP; returns the bytes unmapped. On error the kernel may

@@ -2,7 +2,7 @@
  * Simulated kernel backend: a model of Linux iommufd + VFIO-cdev semantics
  * (kernel-uapi.md) with the selftest mock IOMMU as its IOMMU driver.
  */
-export { createSimKernel, SimKernel, type SimKernelOptions, type SimMockDevice, type SimObjectInfo } from './sim-kernel.js';
+export { createSimKernel, SimKernel, type SimKernelOptions, type SimMappingInfo, type SimMockDevice, type SimObjectInfo } from './sim-kernel.js';
 export { MOCK_IOMMU_INSTANCE } from './selftest.js';
 export { MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID } from './objects.js';
 export { DEMO_PCI_FUNCTIONS, validateInventory, type SimPciFunction } from './inventory.js';

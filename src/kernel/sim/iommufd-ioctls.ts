@@ -32,6 +32,7 @@ import {
   type VdeviceObject,
   type ViommuObject,
 } from './objects.js';
+import { checkDomainFits } from './ioas-map.js';
 import type { ProfileTraits } from './profiles.js';
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -50,11 +51,13 @@ interface UserData {
 }
 
 export function ioasAlloc(ctx: IommufdContext): IoasObject {
-  return ctx.insert((id): IoasObject => ({ id, type: 'IOAS', users: 0, hwpts: [] }));
+  return ctx.insert((id): IoasObject => ({ id, type: 'IOAS', users: 0, hwpts: [], areas: [] }));
 }
 
 /** Creates a HWPT_PAGING on `ioas` and links it into the IOAS's hwpt list (list_add_tail). */
 export function createPaging(ctx: IommufdContext, ioas: IoasObject, flags: number, auto: boolean): HwptPagingObject {
+  // iopt_table_add_domain: existing mappings must fit the domain (§6.3).
+  checkDomainFits(ioas);
   const hwpt = ctx.insert(
     (id): HwptPagingObject => ({
       id,

@@ -43,6 +43,20 @@ export interface IoasObject extends ObjectBase {
   readonly type: 'IOAS';
   /** `ioas->hwpt_list`, in creation order: auto-domain search walks it (§3.16). */
   readonly hwpts: HwptPagingObject[];
+  /** `iopt->area_itree`: the mappings, sorted by IOVA, never overlapping (§3.3–3.5). */
+  readonly areas: IoasArea[];
+}
+
+/** One IOAS_MAP_FILE mapping (an `iopt_area` over file pages). */
+export interface IoasArea {
+  readonly iova: bigint;
+  readonly length: bigint;
+  /** Byte offset in the file. */
+  readonly start: bigint;
+  readonly readable: boolean;
+  readonly writeable: boolean;
+  /** The file's identity (the kernel holds a reference on the file itself). */
+  readonly file: { readonly dev: number; readonly ino: number };
 }
 
 export interface HwptPagingObject extends ObjectBase {

@@ -8,10 +8,13 @@
  * single-threaded, so there are never concurrent short-term users (the
  * EBUSY-from-a-racing-ioctl case of §2 cannot happen here).
  */
+import { closeSync } from 'node:fs';
+import { createMemfd } from '../memfd.js';
 import {
   KernelError,
   kernelId,
   type DeviceFile,
+  type IoasMapFileArgs,
   type HwInfo,
   type HwptAllocArgs,
   type IommufdFile,
@@ -28,45 +31,36 @@ import { SimFaults } from './faults.js';
 import { IdAllocator } from './ids.js';
 import { DEMO_PCI_FUNCTIONS, validateInventory, type SimPciFunction } from './inventory.js';
 import * as ioctl from './iommufd-ioctls.js';
-import { fail, IommufdContext, SimFailure, type SimObject, type SimObjectType } from './objects.js';
+import { describe, mappingInfo, type SimMappingInfo, type SimObjectInfo } from './introspect.js';
+import * as ioasMap from './ioas-map.js';
+import { fail, IommufdContext, SimFailure } from './objects.js';
 import { ioctlsFor, PROFILE_TRAITS, type ProfileTraits } from './profiles.js';
 import * as selftest from './selftest.js';
 import * as vfio from './vfio.js';
 import type { DeviceBinding, DeviceFileState, IommufdFileState } from './vfio.js';
 
+export type { SimMappingInfo, SimObjectInfo } from './introspect.js';
+
 export interface SimKernelOptions {
   profile?: KernelProfile;
   /** Host inventory; defaults to DEMO_PCI_FUNCTIONS. Validated at construction. */
   devices?: readonly SimPciFunction[];
+  /**
+   * ioctls this kernel pretends not to have (e.g. IOMMU_IOAS_MAP_FILE, as
+   * before 6.13): left out of probe() and answered with ENOTTY.
+   */
+  withoutIoctls?: readonly string[];
 }
 
-/** One row of `SimKernel.objects()`: the kernel state tests compare the broker's registry with. */
-export interface SimObjectInfo {
-  id: number;
-  type: SimObjectType;
-  /** Holders other than the ID table itself (§4.2); DESTROY succeeds only at 0. */
-  users: number;
-  /** HWPT_PAGING: created automatically by attaching a device to an IOAS. */
-  auto?: boolean;
-  /** HWPT_PAGING: allocated with NEST_PARENT. */
-  nestParent?: boolean;
-  /** HWPT_NESTED: the stage-2 HWPT_PAGING; VIOMMU: its nest-parent HWPT. */
-  parentId?: number;
-  /** HWPT_PAGING: its IOAS. */
-  ioasId?: number;
-  /** HWPT_NESTED made through a vIOMMU, and VDEVICE: the vIOMMU. */
-  viommuId?: number;
-  /** VDEVICE: its DEVICE while that is bound (absent after a 6.13 unbind); SELFTEST: its DEVICE. */
-  devId?: number;
-  /** DEVICE of a selftest mock device: its MOCK_FLAGS_DEVICE_* bits. */
-  mockFlags?: number;
-  /** VDEVICE: guest-visible virt_id. */
-  virtId?: bigint;
-  /** DEVICE, VDEVICE and SELFTEST: the PCI function (`iommufd_mockN` for a mock device). */
-  bdf?: string;
-  /** VIOMMU: physical IOMMU instance. */
-  iommu?: string;
-}
+/** The ioctl behind each KernelOp the sim can pretend is missing. */
+const OP_IOCTL: Partial<Record<KernelOp, string>> = {
+  ioas_map_file: 'IOMMU_IOAS_MAP_FILE',
+  ioas_unmap: 'IOMMU_IOAS_UNMAP',
+  viommu_alloc: 'IOMMU_VIOMMU_ALLOC',
+  vdevice_alloc: 'IOMMU_VDEVICE_ALLOC',
+  hwpt_alloc: 'IOMMU_HWPT_ALLOC',
+  get_hw_info: 'IOMMU_GET_HW_INFO',
+};
 
 /** The IDs of a mock device, as LinuxKernel.selftestMockDomain returns them (§6.2). */
 export interface SimMockDevice {
@@ -94,6 +88,9 @@ export class SimKernel implements KernelBackend {
   /** iommufd files whose fd is open or whose context is still alive. */
   private readonly iommufds = new Map<IommufdFile, IommufdFileState>();
   private readonly deviceFiles = new Map<DeviceFile, DeviceFileState>();
+  /** A real fd per device file (a memfd named `vfio-sim:BDF`), so it can be handed to a VMM. */
+  private readonly osFds = new Map<DeviceFile, number>();
+  private readonly missing: ReadonlySet<string>;
   private readonly requestListeners: ((bdf: string) => void)[] = [];
   /** Host-side unbinds waiting for the device's fds to close (§4.5). */
   private readonly pendingUnbinds = new Map<string, (() => void)[]>();
@@ -106,6 +103,7 @@ export class SimKernel implements KernelBackend {
     if (traits === undefined) throw new Error(`unknown sim kernel profile ${String(this.profile)}`);
     this.traits = traits;
     this.inventory = validateInventory(options.devices ?? DEMO_PCI_FUNCTIONS);
+    this.missing = new Set(options.withoutIoctls ?? []);
     this.mockBus = new selftest.MockBus(this.inventory);
     const deviceFiles = this.deviceFiles;
     this.host = {
@@ -124,7 +122,7 @@ export class SimKernel implements KernelBackend {
       backend: 'sim',
       release: this.traits.release,
       profile: this.profile,
-      ioctls: ioctlsFor(this.traits),
+      ioctls: ioctlsFor(this.traits).filter((name) => !this.missing.has(name)),
       selftest: true,
     };
   }
@@ -166,6 +164,7 @@ export class SimKernel implements KernelBackend {
       // open() succeeds repeatedly; only one file may bind (§3.15).
       const handle: DeviceFile = Object.freeze({ kind: 'device', fdNumber: this.allocFd(), cdev });
       this.deviceFiles.set(handle, { handle, pci, binding: undefined });
+      this.osFds.set(handle, createMemfd(`vfio-sim:${pci.bdf}`));
       return handle;
     });
   }
@@ -177,8 +176,15 @@ export class SimKernel implements KernelBackend {
     const iommufd = vfio.unbind(this.host, df);
     this.deviceFiles.delete(file);
     this.fdNumbers.free(file.fdNumber);
+    const fd = this.osFds.get(file);
+    this.osFds.delete(file);
+    if (fd !== undefined) closeSync(fd);
     if (iommufd) this.releaseIfUnreferenced(iommufd);
     this.settleHostUnbind(df.pci.bdf);
+  }
+
+  osFd(file: DeviceFile): number | undefined {
+    return this.osFds.get(file);
   }
 
   onDeviceRequest(listener: (bdf: string) => void): void {
@@ -254,6 +260,14 @@ export class SimKernel implements KernelBackend {
     return this.call('get_hw_info', () => ioctl.getHwInfo(this.context(iommufd), this.traits, devId));
   }
 
+  async ioasMapFile(iommufd: IommufdFile, args: IoasMapFileArgs): Promise<bigint> {
+    return this.call('ioas_map_file', () => ioasMap.mapFile(() => this.context(iommufd).get(args.ioasId, 'IOAS'), args));
+  }
+
+  async ioasUnmap(iommufd: IommufdFile, ioasId: KernelObjectId, iova: bigint, length: bigint): Promise<bigint> {
+    return this.call('ioas_unmap', () => ioasMap.unmap(() => this.context(iommufd).get(ioasId, 'IOAS'), iova, length));
+  }
+
   // ---- IOMMUFD_TEST mock devices: LinuxKernel's API and KernelOp names (§6.2, sim/selftest.ts) ----
 
   /** TEST_CMD MOCK_DOMAIN, or MOCK_DOMAIN_FLAGS when `devFlags` is given: open + BIND + ATTACH(ptId) in one. */
@@ -292,6 +306,12 @@ export class SimKernel implements KernelBackend {
   objects(file: IommufdFile): SimObjectInfo[] {
     const state = this.iommufds.get(file);
     return state ? state.ctx.list().map(describe) : [];
+  }
+
+  /** An IOAS's mappings in IOVA order; [] for an unknown IOAS or a released context. */
+  mappings(file: IommufdFile, ioasId: number): SimMappingInfo[] {
+    const obj = this.iommufds.get(file)?.ctx.lookup(ioasId);
+    return obj?.type === 'IOAS' ? obj.areas.map(mappingInfo) : [];
   }
 
   /** Tombstoned IDs of the context (reserved, ENOENT, never reused until release). */
@@ -342,6 +362,8 @@ export class SimKernel implements KernelBackend {
 
   private act<T>(op: KernelOp, body: () => T): Promise<T> {
     try {
+      const ioctl = OP_IOCTL[op];
+      if (ioctl !== undefined && this.missing.has(ioctl)) throw new KernelError('ENOTTY', op, `this kernel has no ${ioctl}`);
       const injected = this.faults.onCall(op);
       if (injected !== undefined) throw new KernelError(injected, op, 'injected fault');
       return Promise.resolve(body());
@@ -375,32 +397,6 @@ export class SimKernel implements KernelBackend {
     if (state.refs > 0) return;
     state.ctx.release();
     this.iommufds.delete(state.handle);
-  }
-}
-
-function describe(obj: SimObject): SimObjectInfo {
-  const base = { id: obj.id, type: obj.type, users: obj.users };
-  switch (obj.type) {
-    case 'DEVICE':
-      return { ...base, bdf: obj.pci.bdf, ...(obj.mock ? { mockFlags: obj.mock.flags } : {}) };
-    case 'IOAS':
-      return base;
-    case 'HWPT_PAGING':
-      return { ...base, auto: obj.auto, nestParent: obj.nestParent, ioasId: obj.ioas.id };
-    case 'HWPT_NESTED':
-      return { ...base, parentId: obj.parent.id, ...(obj.viommu ? { viommuId: obj.viommu.id } : {}) };
-    case 'VIOMMU':
-      return { ...base, parentId: obj.hwpt.id, iommu: obj.iommu };
-    case 'VDEVICE':
-      return {
-        ...base,
-        viommuId: obj.viommu.id,
-        virtId: obj.virtId,
-        bdf: obj.bdf,
-        ...(obj.device ? { devId: obj.device.id } : {}),
-      };
-    case 'SELFTEST':
-      return { ...base, devId: obj.device.id, bdf: obj.device.pci.bdf };
   }
 }
 

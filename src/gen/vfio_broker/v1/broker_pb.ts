@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vfio_broker/v1/broker.proto.
  */
 export const file_vfio_broker_v1_broker: GenFile = /*@__PURE__*/
-  fileDesc("Cht2ZmlvX2Jyb2tlci92MS9icm9rZXIucHJvdG8SDnZmaW9fYnJva2VyLnYxIk8KEk9wZW5Db250ZXh0UmVxdWVzdBIXCgVsYWJlbBgBIAEoCUIIukgFcgMogAESIAoNbGVhc2Vfc2Vjb25kcxgCIAEoDUIJukgGKgQYgKMFIikKE09wZW5Db250ZXh0UmVzcG9uc2USEgoKY29udGV4dF9pZBgBIAEoCSJJChNDbG9zZUNvbnRleHRSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JCJIChRDbG9zZUNvbnRleHRSZXNwb25zZRIwCgh0ZWFyZG93bhgBIAEoCzIeLnZmaW9fYnJva2VyLnYxLlRlYXJkb3duUmVwb3J0IqABChFCaW5kRGV2aWNlUmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSVwoJZGV2aWNlX2lkGAIgASgJQkS6SEHIAQFyPBggMjheKFswLTlhLWZBLUZdezR9Oik/WzAtOWEtZkEtRl17Mn06WzAtOWEtZkEtRl17Mn1cLlswLTddJCJAChJCaW5kRGV2aWNlUmVzcG9uc2USKgoGZGV2aWNlGAEgASgLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbyJlChNVbmJpbmREZXZpY2VSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIaCgZkZXZpY2UYAiABKARCCrpIB8gBATICIAAiSAoUVW5iaW5kRGV2aWNlUmVzcG9uc2USMAoIdGVhcmRvd24YASABKAsyHi52ZmlvX2Jyb2tlci52MS5UZWFyZG93blJlcG9ydCKBAQoTQXR0YWNoRGV2aWNlUmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGgoGZGV2aWNlGAIgASgEQgq6SAfIAQEyAiAAEhoKBnRhcmdldBgDIAEoBEIKukgHyAEBMgIgACJXChRBdHRhY2hEZXZpY2VSZXNwb25zZRIoCgRod3B0GAEgASgLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbxIVCg1yZXBsYWNlZF9od3B0GAIgASgEImUKE0RldGFjaERldmljZVJlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kEhoKBmRldmljZRgCIAEoBEIKukgHyAEBMgIgACJLChREZXRhY2hEZXZpY2VSZXNwb25zZRIVCg1kZXRhY2hlZF9od3B0GAEgASgEEhwKFGF1dG9tYXRpY19od3B0X2ZyZWVkGAIgASgIIkYKEEFsbG9jSW9hc1JlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kIj0KEUFsbG9jSW9hc1Jlc3BvbnNlEigKBGlvYXMYASABKAsyGi52ZmlvX2Jyb2tlci52MS5PYmplY3RJbmZvIvgBChBBbGxvY0h3cHRSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIaCgZkZXZpY2UYAiABKARCCrpIB8gBATICIAASNQoEa2luZBgDIAEoDjIYLnZmaW9fYnJva2VyLnYxLkh3cHRLaW5kQg26SArIAQGCAQQQASAAEhoKBnBhcmVudBgEIAEoBEIKukgHyAEBMgIgABIRCglkYXRhX3R5cGUYBSABKA0SFgoEZGF0YRgGIAEoDEIIukgFegMYgCASFgoOZGlydHlfdHJhY2tpbmcYByABKAgiPQoRQWxsb2NId3B0UmVzcG9uc2USKAoEaHdwdBgBIAEoCzIaLnZmaW9fYnJva2VyLnYxLk9iamVjdEluZm8ivgEKEkFsbG9jVmlvbW11UmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGgoGZGV2aWNlGAIgASgEQgq6SAfIAQEyAiAAEh8KC25lc3RfcGFyZW50GAMgASgEQgq6SAfIAQEyAiAAEjcKBHR5cGUYBCABKA4yGi52ZmlvX2Jyb2tlci52MS5WaW9tbXVUeXBlQg26SArIAQGCAQQQASAAIkEKE0FsbG9jVmlvbW11UmVzcG9uc2USKgoGdmlvbW11GAEgASgLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbyKbAQoTQWxsb2NWZGV2aWNlUmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGgoGdmlvbW11GAIgASgEQgq6SAfIAQEyAiAAEhoKBmRldmljZRgDIAEoBEIKukgHyAEBMgIgABIYCgd2aXJ0X2lkGAQgASgEQge6SAQyAiAAIkMKFEFsbG9jVmRldmljZVJlc3BvbnNlEisKB3ZkZXZpY2UYASABKAsyGi52ZmlvX2Jyb2tlci52MS5PYmplY3RJbmZvImYKFERlc3Ryb3lPYmplY3RSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIaCgZoYW5kbGUYAiABKARCCrpIB8gBATICIAAiFwoVRGVzdHJveU9iamVjdFJlc3BvbnNlImIKEEdldEh3SW5mb1JlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kEhoKBmRldmljZRgCIAEoBEIKukgHyAEBMgIgACJlChFHZXRId0luZm9SZXNwb25zZRIUCgxod19pbmZvX3R5cGUYASABKA0SDAoEZGF0YRgCIAEoDBIUCgxjYXBhYmlsaXRpZXMYAyABKAQSFgoObWF4X3Bhc2lkX2xvZzIYBCABKA0iSAoSTGlzdE9iamVjdHNSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JCJCChNMaXN0T2JqZWN0c1Jlc3BvbnNlEisKB29iamVjdHMYASADKAsyGi52ZmlvX2Jyb2tlci52MS5PYmplY3RJbmZvIkkKE1dhdGNoQ29udGV4dFJlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kIpEDChRXYXRjaENvbnRleHRSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgVyZWFkeRgDIAEoCzIaLnZmaW9fYnJva2VyLnYxLldhdGNoUmVhZHlIABIwCgdjcmVhdGVkGAQgASgLMh0udmZpb19icm9rZXIudjEuT2JqZWN0Q3JlYXRlZEgAEjQKCWRlc3Ryb3llZBgFIAEoCzIfLnZmaW9fYnJva2VyLnYxLk9iamVjdERlc3Ryb3llZEgAEjUKCHRlYXJkb3duGAYgASgLMiEudmZpb19icm9rZXIudjEuVGVhcmRvd25QZXJmb3JtZWRIABI3Cg5kZXZpY2VfcmVtb3ZlZBgHIAEoCzIdLnZmaW9fYnJva2VyLnYxLkRldmljZVJlbW92ZWRIABIvCgZjbG9zZWQYCCABKAsyHS52ZmlvX2Jyb2tlci52MS5Db250ZXh0Q2xvc2VkSABCBwoFZXZlbnQiOQoKV2F0Y2hSZWFkeRIrCgdvYmplY3RzGAEgAygLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbyI7Cg1PYmplY3RDcmVhdGVkEioKBm9iamVjdBgBIAEoCzIaLnZmaW9fYnJva2VyLnYxLk9iamVjdEluZm8iSwoPT2JqZWN0RGVzdHJveWVkEg4KBmhhbmRsZRgBIAEoBBIoCgR0eXBlGAIgASgOMhoudmZpb19icm9rZXIudjEuT2JqZWN0VHlwZSJDChFUZWFyZG93blBlcmZvcm1lZBIuCgZyZXBvcnQYASABKAsyHi52ZmlvX2Jyb2tlci52MS5UZWFyZG93blJlcG9ydCIyCg1EZXZpY2VSZW1vdmVkEg4KBmRldmljZRgBIAEoBBIRCglkZXZpY2VfaWQYAiABKAkiPwoNQ29udGV4dENsb3NlZBIuCgZyZWFzb24YASABKA4yHi52ZmlvX2Jyb2tlci52MS5UZWFyZG93blJlYXNvbjLRCgoNQnJva2VyU2VydmljZRJWCgtPcGVuQ29udGV4dBIiLnZmaW9fYnJva2VyLnYxLk9wZW5Db250ZXh0UmVxdWVzdBojLnZmaW9fYnJva2VyLnYxLk9wZW5Db250ZXh0UmVzcG9uc2USWQoMQ2xvc2VDb250ZXh0EiMudmZpb19icm9rZXIudjEuQ2xvc2VDb250ZXh0UmVxdWVzdBokLnZmaW9fYnJva2VyLnYxLkNsb3NlQ29udGV4dFJlc3BvbnNlElMKCkJpbmREZXZpY2USIS52ZmlvX2Jyb2tlci52MS5CaW5kRGV2aWNlUmVxdWVzdBoiLnZmaW9fYnJva2VyLnYxLkJpbmREZXZpY2VSZXNwb25zZRJZCgxVbmJpbmREZXZpY2USIy52ZmlvX2Jyb2tlci52MS5VbmJpbmREZXZpY2VSZXF1ZXN0GiQudmZpb19icm9rZXIudjEuVW5iaW5kRGV2aWNlUmVzcG9uc2USWQoMQXR0YWNoRGV2aWNlEiMudmZpb19icm9rZXIudjEuQXR0YWNoRGV2aWNlUmVxdWVzdBokLnZmaW9fYnJva2VyLnYxLkF0dGFjaERldmljZVJlc3BvbnNlElkKDERldGFjaERldmljZRIjLnZmaW9fYnJva2VyLnYxLkRldGFjaERldmljZVJlcXVlc3QaJC52ZmlvX2Jyb2tlci52MS5EZXRhY2hEZXZpY2VSZXNwb25zZRJQCglBbGxvY0lvYXMSIC52ZmlvX2Jyb2tlci52MS5BbGxvY0lvYXNSZXF1ZXN0GiEudmZpb19icm9rZXIudjEuQWxsb2NJb2FzUmVzcG9uc2USUAoJQWxsb2NId3B0EiAudmZpb19icm9rZXIudjEuQWxsb2NId3B0UmVxdWVzdBohLnZmaW9fYnJva2VyLnYxLkFsbG9jSHdwdFJlc3BvbnNlElYKC0FsbG9jVmlvbW11EiIudmZpb19icm9rZXIudjEuQWxsb2NWaW9tbXVSZXF1ZXN0GiMudmZpb19icm9rZXIudjEuQWxsb2NWaW9tbXVSZXNwb25zZRJZCgxBbGxvY1ZkZXZpY2USIy52ZmlvX2Jyb2tlci52MS5BbGxvY1ZkZXZpY2VSZXF1ZXN0GiQudmZpb19icm9rZXIudjEuQWxsb2NWZGV2aWNlUmVzcG9uc2USXAoNRGVzdHJveU9iamVjdBIkLnZmaW9fYnJva2VyLnYxLkRlc3Ryb3lPYmplY3RSZXF1ZXN0GiUudmZpb19icm9rZXIudjEuRGVzdHJveU9iamVjdFJlc3BvbnNlElUKCUdldEh3SW5mbxIgLnZmaW9fYnJva2VyLnYxLkdldEh3SW5mb1JlcXVlc3QaIS52ZmlvX2Jyb2tlci52MS5HZXRId0luZm9SZXNwb25zZSIDkAIBElsKC0xpc3RPYmplY3RzEiIudmZpb19icm9rZXIudjEuTGlzdE9iamVjdHNSZXF1ZXN0GiMudmZpb19icm9rZXIudjEuTGlzdE9iamVjdHNSZXNwb25zZSIDkAIBElwKDUFwcGx5VG9wb2xvZ3kSJC52ZmlvX2Jyb2tlci52MS5BcHBseVRvcG9sb2d5UmVxdWVzdBolLnZmaW9fYnJva2VyLnYxLkFwcGx5VG9wb2xvZ3lSZXNwb25zZRJgCgxXYXRjaENvbnRleHQSIy52ZmlvX2Jyb2tlci52MS5XYXRjaENvbnRleHRSZXF1ZXN0GiQudmZpb19icm9rZXIudjEuV2F0Y2hDb250ZXh0UmVzcG9uc2UiA5ACATABYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_vfio_broker_v1_objects, file_vfio_broker_v1_topology]);
+  fileDesc("Cht2ZmlvX2Jyb2tlci92MS9icm9rZXIucHJvdG8SDnZmaW9fYnJva2VyLnYxIk8KEk9wZW5Db250ZXh0UmVxdWVzdBIXCgVsYWJlbBgBIAEoCUIIukgFcgMogAESIAoNbGVhc2Vfc2Vjb25kcxgCIAEoDUIJukgGKgQYgKMFIikKE09wZW5Db250ZXh0UmVzcG9uc2USEgoKY29udGV4dF9pZBgBIAEoCSJJChNDbG9zZUNvbnRleHRSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JCJIChRDbG9zZUNvbnRleHRSZXNwb25zZRIwCgh0ZWFyZG93bhgBIAEoCzIeLnZmaW9fYnJva2VyLnYxLlRlYXJkb3duUmVwb3J0IqABChFCaW5kRGV2aWNlUmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSVwoJZGV2aWNlX2lkGAIgASgJQkS6SEHIAQFyPBggMjheKFswLTlhLWZBLUZdezR9Oik/WzAtOWEtZkEtRl17Mn06WzAtOWEtZkEtRl17Mn1cLlswLTddJCJAChJCaW5kRGV2aWNlUmVzcG9uc2USKgoGZGV2aWNlGAEgASgLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbyJlChNVbmJpbmREZXZpY2VSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIaCgZkZXZpY2UYAiABKARCCrpIB8gBATICIAAiSAoUVW5iaW5kRGV2aWNlUmVzcG9uc2USMAoIdGVhcmRvd24YASABKAsyHi52ZmlvX2Jyb2tlci52MS5UZWFyZG93blJlcG9ydCKBAQoTQXR0YWNoRGV2aWNlUmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGgoGZGV2aWNlGAIgASgEQgq6SAfIAQEyAiAAEhoKBnRhcmdldBgDIAEoBEIKukgHyAEBMgIgACJXChRBdHRhY2hEZXZpY2VSZXNwb25zZRIoCgRod3B0GAEgASgLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbxIVCg1yZXBsYWNlZF9od3B0GAIgASgEImUKE0RldGFjaERldmljZVJlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kEhoKBmRldmljZRgCIAEoBEIKukgHyAEBMgIgACJLChREZXRhY2hEZXZpY2VSZXNwb25zZRIVCg1kZXRhY2hlZF9od3B0GAEgASgEEhwKFGF1dG9tYXRpY19od3B0X2ZyZWVkGAIgASgIIkYKEEFsbG9jSW9hc1JlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kIj0KEUFsbG9jSW9hc1Jlc3BvbnNlEigKBGlvYXMYASABKAsyGi52ZmlvX2Jyb2tlci52MS5PYmplY3RJbmZvIvgBChBBbGxvY0h3cHRSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIaCgZkZXZpY2UYAiABKARCCrpIB8gBATICIAASNQoEa2luZBgDIAEoDjIYLnZmaW9fYnJva2VyLnYxLkh3cHRLaW5kQg26SArIAQGCAQQQASAAEhoKBnBhcmVudBgEIAEoBEIKukgHyAEBMgIgABIRCglkYXRhX3R5cGUYBSABKA0SFgoEZGF0YRgGIAEoDEIIukgFegMYgCASFgoOZGlydHlfdHJhY2tpbmcYByABKAgiPQoRQWxsb2NId3B0UmVzcG9uc2USKAoEaHdwdBgBIAEoCzIaLnZmaW9fYnJva2VyLnYxLk9iamVjdEluZm8ivgEKEkFsbG9jVmlvbW11UmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGgoGZGV2aWNlGAIgASgEQgq6SAfIAQEyAiAAEh8KC25lc3RfcGFyZW50GAMgASgEQgq6SAfIAQEyAiAAEjcKBHR5cGUYBCABKA4yGi52ZmlvX2Jyb2tlci52MS5WaW9tbXVUeXBlQg26SArIAQGCAQQQASAAIkEKE0FsbG9jVmlvbW11UmVzcG9uc2USKgoGdmlvbW11GAEgASgLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbyKbAQoTQWxsb2NWZGV2aWNlUmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGgoGdmlvbW11GAIgASgEQgq6SAfIAQEyAiAAEhoKBmRldmljZRgDIAEoBEIKukgHyAEBMgIgABIYCgd2aXJ0X2lkGAQgASgEQge6SAQyAiAAIkMKFEFsbG9jVmRldmljZVJlc3BvbnNlEisKB3ZkZXZpY2UYASABKAsyGi52ZmlvX2Jyb2tlci52MS5PYmplY3RJbmZvImYKFERlc3Ryb3lPYmplY3RSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIaCgZoYW5kbGUYAiABKARCCrpIB8gBATICIAAiFwoVRGVzdHJveU9iamVjdFJlc3BvbnNlImIKEEdldEh3SW5mb1JlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kEhoKBmRldmljZRgCIAEoBEIKukgHyAEBMgIgACJlChFHZXRId0luZm9SZXNwb25zZRIUCgxod19pbmZvX3R5cGUYASABKA0SDAoEZGF0YRgCIAEoDBIUCgxjYXBhYmlsaXRpZXMYAyABKAQSFgoObWF4X3Bhc2lkX2xvZzIYBCABKA0iSAoSTGlzdE9iamVjdHNSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JCJCChNMaXN0T2JqZWN0c1Jlc3BvbnNlEisKB29iamVjdHMYASADKAsyGi52ZmlvX2Jyb2tlci52MS5PYmplY3RJbmZvIkkKE1dhdGNoQ29udGV4dFJlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kIpEDChRXYXRjaENvbnRleHRSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgVyZWFkeRgDIAEoCzIaLnZmaW9fYnJva2VyLnYxLldhdGNoUmVhZHlIABIwCgdjcmVhdGVkGAQgASgLMh0udmZpb19icm9rZXIudjEuT2JqZWN0Q3JlYXRlZEgAEjQKCWRlc3Ryb3llZBgFIAEoCzIfLnZmaW9fYnJva2VyLnYxLk9iamVjdERlc3Ryb3llZEgAEjUKCHRlYXJkb3duGAYgASgLMiEudmZpb19icm9rZXIudjEuVGVhcmRvd25QZXJmb3JtZWRIABI3Cg5kZXZpY2VfcmVtb3ZlZBgHIAEoCzIdLnZmaW9fYnJva2VyLnYxLkRldmljZVJlbW92ZWRIABIvCgZjbG9zZWQYCCABKAsyHS52ZmlvX2Jyb2tlci52MS5Db250ZXh0Q2xvc2VkSABCBwoFZXZlbnQiOQoKV2F0Y2hSZWFkeRIrCgdvYmplY3RzGAEgAygLMhoudmZpb19icm9rZXIudjEuT2JqZWN0SW5mbyI7Cg1PYmplY3RDcmVhdGVkEioKBm9iamVjdBgBIAEoCzIaLnZmaW9fYnJva2VyLnYxLk9iamVjdEluZm8iSwoPT2JqZWN0RGVzdHJveWVkEg4KBmhhbmRsZRgBIAEoBBIoCgR0eXBlGAIgASgOMhoudmZpb19icm9rZXIudjEuT2JqZWN0VHlwZSJDChFUZWFyZG93blBlcmZvcm1lZBIuCgZyZXBvcnQYASABKAsyHi52ZmlvX2Jyb2tlci52MS5UZWFyZG93blJlcG9ydCIyCg1EZXZpY2VSZW1vdmVkEg4KBmRldmljZRgBIAEoBBIRCglkZXZpY2VfaWQYAiABKAkiPwoNQ29udGV4dENsb3NlZBIuCgZyZWFzb24YASABKA4yHi52ZmlvX2Jyb2tlci52MS5UZWFyZG93blJlYXNvbiJmChRMZWFzZURldmljZUZkUmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGgoGZGV2aWNlGAIgASgEQgq6SAfIAQEyAiAAInAKFUxlYXNlRGV2aWNlRmRSZXNwb25zZRISCgV0b2tlbhgBIAEoCUIDgAEBEhMKC3NvY2tldF9wYXRoGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlAKGlByZXBhcmVNZW1vcnlVcGxvYWRSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JCJ2ChtQcmVwYXJlTWVtb3J5VXBsb2FkUmVzcG9uc2USEgoFdG9rZW4YASABKAlCA4ABARITCgtzb2NrZXRfcGF0aBgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKCAgoQTWFwTWVtb3J5UmVxdWVzdBIyCgpjb250ZXh0X2lkGAEgASgJQh66SBvIAQFyFhhAMhJeY3R4LVswLTlhLWZdezI0fSQSGAoEaW9hcxgCIAEoBEIKukgHyAEBMgIgABIMCgRpb3ZhGAMgASgEEhIKCmZpeGVkX2lvdmEYBCABKAgSFgoGbGVuZ3RoGAUgASgEQga6SAPIAQESDgoGb2Zmc2V0GAYgASgEEhAKCHJlYWRhYmxlGAcgASgIEhEKCXdyaXRlYWJsZRgIIAEoCBIxCgx1cGxvYWRfdG9rZW4YCSABKAlCG4ABAbpIFcgBAXIQMg5eWzAtOWEtZl17NjR9JCIxChFNYXBNZW1vcnlSZXNwb25zZRIMCgRpb3ZhGAEgASgEEg4KBmxlbmd0aBgCIAEoBCKIAQoSVW5tYXBNZW1vcnlSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIYCgRpb2FzGAIgASgEQgq6SAfIAQEyAiAAEgwKBGlvdmEYAyABKAQSFgoGbGVuZ3RoGAQgASgEQga6SAPIAQEiLQoTVW5tYXBNZW1vcnlSZXNwb25zZRIWCg51bm1hcHBlZF9ieXRlcxgBIAEoBDLJDQoNQnJva2VyU2VydmljZRJWCgtPcGVuQ29udGV4dBIiLnZmaW9fYnJva2VyLnYxLk9wZW5Db250ZXh0UmVxdWVzdBojLnZmaW9fYnJva2VyLnYxLk9wZW5Db250ZXh0UmVzcG9uc2USWQoMQ2xvc2VDb250ZXh0EiMudmZpb19icm9rZXIudjEuQ2xvc2VDb250ZXh0UmVxdWVzdBokLnZmaW9fYnJva2VyLnYxLkNsb3NlQ29udGV4dFJlc3BvbnNlElMKCkJpbmREZXZpY2USIS52ZmlvX2Jyb2tlci52MS5CaW5kRGV2aWNlUmVxdWVzdBoiLnZmaW9fYnJva2VyLnYxLkJpbmREZXZpY2VSZXNwb25zZRJZCgxVbmJpbmREZXZpY2USIy52ZmlvX2Jyb2tlci52MS5VbmJpbmREZXZpY2VSZXF1ZXN0GiQudmZpb19icm9rZXIudjEuVW5iaW5kRGV2aWNlUmVzcG9uc2USWQoMQXR0YWNoRGV2aWNlEiMudmZpb19icm9rZXIudjEuQXR0YWNoRGV2aWNlUmVxdWVzdBokLnZmaW9fYnJva2VyLnYxLkF0dGFjaERldmljZVJlc3BvbnNlElkKDERldGFjaERldmljZRIjLnZmaW9fYnJva2VyLnYxLkRldGFjaERldmljZVJlcXVlc3QaJC52ZmlvX2Jyb2tlci52MS5EZXRhY2hEZXZpY2VSZXNwb25zZRJQCglBbGxvY0lvYXMSIC52ZmlvX2Jyb2tlci52MS5BbGxvY0lvYXNSZXF1ZXN0GiEudmZpb19icm9rZXIudjEuQWxsb2NJb2FzUmVzcG9uc2USUAoJQWxsb2NId3B0EiAudmZpb19icm9rZXIudjEuQWxsb2NId3B0UmVxdWVzdBohLnZmaW9fYnJva2VyLnYxLkFsbG9jSHdwdFJlc3BvbnNlElYKC0FsbG9jVmlvbW11EiIudmZpb19icm9rZXIudjEuQWxsb2NWaW9tbXVSZXF1ZXN0GiMudmZpb19icm9rZXIudjEuQWxsb2NWaW9tbXVSZXNwb25zZRJZCgxBbGxvY1ZkZXZpY2USIy52ZmlvX2Jyb2tlci52MS5BbGxvY1ZkZXZpY2VSZXF1ZXN0GiQudmZpb19icm9rZXIudjEuQWxsb2NWZGV2aWNlUmVzcG9uc2USXAoNRGVzdHJveU9iamVjdBIkLnZmaW9fYnJva2VyLnYxLkRlc3Ryb3lPYmplY3RSZXF1ZXN0GiUudmZpb19icm9rZXIudjEuRGVzdHJveU9iamVjdFJlc3BvbnNlElUKCUdldEh3SW5mbxIgLnZmaW9fYnJva2VyLnYxLkdldEh3SW5mb1JlcXVlc3QaIS52ZmlvX2Jyb2tlci52MS5HZXRId0luZm9SZXNwb25zZSIDkAIBElsKC0xpc3RPYmplY3RzEiIudmZpb19icm9rZXIudjEuTGlzdE9iamVjdHNSZXF1ZXN0GiMudmZpb19icm9rZXIudjEuTGlzdE9iamVjdHNSZXNwb25zZSIDkAIBElwKDUFwcGx5VG9wb2xvZ3kSJC52ZmlvX2Jyb2tlci52MS5BcHBseVRvcG9sb2d5UmVxdWVzdBolLnZmaW9fYnJva2VyLnYxLkFwcGx5VG9wb2xvZ3lSZXNwb25zZRJgCgxXYXRjaENvbnRleHQSIy52ZmlvX2Jyb2tlci52MS5XYXRjaENvbnRleHRSZXF1ZXN0GiQudmZpb19icm9rZXIudjEuV2F0Y2hDb250ZXh0UmVzcG9uc2UiA5ACATABElwKDUxlYXNlRGV2aWNlRmQSJC52ZmlvX2Jyb2tlci52MS5MZWFzZURldmljZUZkUmVxdWVzdBolLnZmaW9fYnJva2VyLnYxLkxlYXNlRGV2aWNlRmRSZXNwb25zZRJuChNQcmVwYXJlTWVtb3J5VXBsb2FkEioudmZpb19icm9rZXIudjEuUHJlcGFyZU1lbW9yeVVwbG9hZFJlcXVlc3QaKy52ZmlvX2Jyb2tlci52MS5QcmVwYXJlTWVtb3J5VXBsb2FkUmVzcG9uc2USUAoJTWFwTWVtb3J5EiAudmZpb19icm9rZXIudjEuTWFwTWVtb3J5UmVxdWVzdBohLnZmaW9fYnJva2VyLnYxLk1hcE1lbW9yeVJlc3BvbnNlElYKC1VubWFwTWVtb3J5EiIudmZpb19icm9rZXIudjEuVW5tYXBNZW1vcnlSZXF1ZXN0GiMudmZpb19icm9rZXIudjEuVW5tYXBNZW1vcnlSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_vfio_broker_v1_objects, file_vfio_broker_v1_topology]);
 
 /**
  * @generated from message vfio_broker.v1.OpenContextRequest
@@ -812,6 +812,253 @@ export const ContextClosedSchema: GenMessage<ContextClosed> = /*@__PURE__*/
   messageDesc(file_vfio_broker_v1_broker, 33);
 
 /**
+ * @generated from message vfio_broker.v1.LeaseDeviceFdRequest
+ */
+export type LeaseDeviceFdRequest = Message<"vfio_broker.v1.LeaseDeviceFdRequest"> & {
+  /**
+   * @generated from field: string context_id = 1;
+   */
+  contextId: string;
+
+  /**
+   * A bound device (from BindDevice).
+   *
+   * @generated from field: uint64 device = 2;
+   */
+  device: bigint;
+};
+
+/**
+ * Describes the message vfio_broker.v1.LeaseDeviceFdRequest.
+ * Use `create(LeaseDeviceFdRequestSchema)` to create a new message.
+ */
+export const LeaseDeviceFdRequestSchema: GenMessage<LeaseDeviceFdRequest> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 34);
+
+/**
+ * @generated from message vfio_broker.v1.LeaseDeviceFdResponse
+ */
+export type LeaseDeviceFdResponse = Message<"vfio_broker.v1.LeaseDeviceFdResponse"> & {
+  /**
+   * 256 random bits as 64 hex digits; valid once, for this process only.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * The broker's fd socket. Clients never choose a path: they use this one.
+   *
+   * @generated from field: string socket_path = 2;
+   */
+  socketPath: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message vfio_broker.v1.LeaseDeviceFdResponse.
+ * Use `create(LeaseDeviceFdResponseSchema)` to create a new message.
+ */
+export const LeaseDeviceFdResponseSchema: GenMessage<LeaseDeviceFdResponse> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 35);
+
+/**
+ * @generated from message vfio_broker.v1.PrepareMemoryUploadRequest
+ */
+export type PrepareMemoryUploadRequest = Message<"vfio_broker.v1.PrepareMemoryUploadRequest"> & {
+  /**
+   * @generated from field: string context_id = 1;
+   */
+  contextId: string;
+};
+
+/**
+ * Describes the message vfio_broker.v1.PrepareMemoryUploadRequest.
+ * Use `create(PrepareMemoryUploadRequestSchema)` to create a new message.
+ */
+export const PrepareMemoryUploadRequestSchema: GenMessage<PrepareMemoryUploadRequest> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 36);
+
+/**
+ * @generated from message vfio_broker.v1.PrepareMemoryUploadResponse
+ */
+export type PrepareMemoryUploadResponse = Message<"vfio_broker.v1.PrepareMemoryUploadResponse"> & {
+  /**
+   * 256 random bits as 64 hex digits: send it with the memfd, then name it
+   * in MapMemory.upload_token.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * @generated from field: string socket_path = 2;
+   */
+  socketPath: string;
+
+  /**
+   * The upload must be sent and mapped before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message vfio_broker.v1.PrepareMemoryUploadResponse.
+ * Use `create(PrepareMemoryUploadResponseSchema)` to create a new message.
+ */
+export const PrepareMemoryUploadResponseSchema: GenMessage<PrepareMemoryUploadResponse> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 37);
+
+/**
+ * @generated from message vfio_broker.v1.MapMemoryRequest
+ */
+export type MapMemoryRequest = Message<"vfio_broker.v1.MapMemoryRequest"> & {
+  /**
+   * @generated from field: string context_id = 1;
+   */
+  contextId: string;
+
+  /**
+   * @generated from field: uint64 ioas = 2;
+   */
+  ioas: bigint;
+
+  /**
+   * With fixed_iova, the exact IOVA to map at (0 is a valid IOVA). Without,
+   * it must be 0 and the kernel chooses.
+   *
+   * @generated from field: uint64 iova = 3;
+   */
+  iova: bigint;
+
+  /**
+   * @generated from field: bool fixed_iova = 4;
+   */
+  fixedIova: boolean;
+
+  /**
+   * Bytes to map; with a device attached, a multiple of the IOMMU page size.
+   *
+   * @generated from field: uint64 length = 5;
+   */
+  length: bigint;
+
+  /**
+   * Byte offset in the memfd; offset + length must lie within the file.
+   *
+   * @generated from field: uint64 offset = 6;
+   */
+  offset: bigint;
+
+  /**
+   * At least one of readable and writeable.
+   *
+   * @generated from field: bool readable = 7;
+   */
+  readable: boolean;
+
+  /**
+   * @generated from field: bool writeable = 8;
+   */
+  writeable: boolean;
+
+  /**
+   * The token of a PrepareMemoryUpload whose memfd was sent on the fd socket.
+   *
+   * @generated from field: string upload_token = 9;
+   */
+  uploadToken: string;
+};
+
+/**
+ * Describes the message vfio_broker.v1.MapMemoryRequest.
+ * Use `create(MapMemoryRequestSchema)` to create a new message.
+ */
+export const MapMemoryRequestSchema: GenMessage<MapMemoryRequest> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 38);
+
+/**
+ * @generated from message vfio_broker.v1.MapMemoryResponse
+ */
+export type MapMemoryResponse = Message<"vfio_broker.v1.MapMemoryResponse"> & {
+  /**
+   * Where the memory was mapped.
+   *
+   * @generated from field: uint64 iova = 1;
+   */
+  iova: bigint;
+
+  /**
+   * @generated from field: uint64 length = 2;
+   */
+  length: bigint;
+};
+
+/**
+ * Describes the message vfio_broker.v1.MapMemoryResponse.
+ * Use `create(MapMemoryResponseSchema)` to create a new message.
+ */
+export const MapMemoryResponseSchema: GenMessage<MapMemoryResponse> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 39);
+
+/**
+ * @generated from message vfio_broker.v1.UnmapMemoryRequest
+ */
+export type UnmapMemoryRequest = Message<"vfio_broker.v1.UnmapMemoryRequest"> & {
+  /**
+   * @generated from field: string context_id = 1;
+   */
+  contextId: string;
+
+  /**
+   * @generated from field: uint64 ioas = 2;
+   */
+  ioas: bigint;
+
+  /**
+   * @generated from field: uint64 iova = 3;
+   */
+  iova: bigint;
+
+  /**
+   * @generated from field: uint64 length = 4;
+   */
+  length: bigint;
+};
+
+/**
+ * Describes the message vfio_broker.v1.UnmapMemoryRequest.
+ * Use `create(UnmapMemoryRequestSchema)` to create a new message.
+ */
+export const UnmapMemoryRequestSchema: GenMessage<UnmapMemoryRequest> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 40);
+
+/**
+ * @generated from message vfio_broker.v1.UnmapMemoryResponse
+ */
+export type UnmapMemoryResponse = Message<"vfio_broker.v1.UnmapMemoryResponse"> & {
+  /**
+   * Bytes unmapped (the sum of the whole mappings inside the range).
+   *
+   * @generated from field: uint64 unmapped_bytes = 1;
+   */
+  unmappedBytes: bigint;
+};
+
+/**
+ * Describes the message vfio_broker.v1.UnmapMemoryResponse.
+ * Use `create(UnmapMemoryResponseSchema)` to create a new message.
+ */
+export const UnmapMemoryResponseSchema: GenMessage<UnmapMemoryResponse> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_broker, 41);
+
+/**
  * The VMM-facing API. Every request on a context runs after all earlier
  * requests on that context, in arrival order. Objects are named by handles,
  * which are unique within a context and never reused.
@@ -964,6 +1211,67 @@ export const BrokerService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchContextRequestSchema;
     output: typeof WatchContextResponseSchema;
+  },
+  /**
+   * Leases the bound device's fd to the calling process, for regions, IRQs
+   * and mmap. Returns a one-time token and the broker's fd socket; the caller
+   * redeems the token there (connect, send "TOKEN\n") and receives the fd by
+   * SCM_RIGHTS. Only the process that leased it (same uid and pid, checked
+   * with SO_PEERCRED) may redeem it, once, before it expires. Unix-socket
+   * callers only: an mTLS caller gets PERMISSION_DENIED.
+   *
+   * The fd is ALREADY BOUND to the context's iommufd: the VMM must not call
+   * VFIO_DEVICE_BIND_IOMMUFD on it (a second bind is EINVAL), nor attach or
+   * detach it behind the broker's back (use AttachDevice/DetachDevice). The
+   * broker keeps its own copy, so closing the VMM's copy does not unbind;
+   * conversely the kernel releases the device only when the last copy is
+   * closed, so a VMM must close its copy when the device is unbound.
+   *
+   * @generated from rpc vfio_broker.v1.BrokerService.LeaseDeviceFd
+   */
+  leaseDeviceFd: {
+    methodKind: "unary";
+    input: typeof LeaseDeviceFdRequestSchema;
+    output: typeof LeaseDeviceFdResponseSchema;
+  },
+  /**
+   * Step 1 of mapping guest memory from a memfd: returns a one-time upload
+   * token and the fd socket. The same process sends "TOKEN\n" there with the
+   * memfd attached (SCM_RIGHTS) and reads "OK\n"; then MapMemory names the
+   * token. Needs IOMMU_IOAS_MAP_FILE (Linux 6.13+): UNIMPLEMENTED without.
+   *
+   * @generated from rpc vfio_broker.v1.BrokerService.PrepareMemoryUpload
+   */
+  prepareMemoryUpload: {
+    methodKind: "unary";
+    input: typeof PrepareMemoryUploadRequestSchema;
+    output: typeof PrepareMemoryUploadResponseSchema;
+  },
+  /**
+   * Maps an uploaded memfd into an IOAS with IOMMU_IOAS_MAP_FILE and returns
+   * the IOVA. The mapped length counts against the tenant's pinned_bytes
+   * quota until UnmapMemory, DestroyObject of the IOAS, or context close. A
+   * successful map consumes the upload (the broker closes its copy; the
+   * kernel keeps the file); a failed one leaves it for a retry until expiry.
+   *
+   * @generated from rpc vfio_broker.v1.BrokerService.MapMemory
+   */
+  mapMemory: {
+    methodKind: "unary";
+    input: typeof MapMemoryRequestSchema;
+    output: typeof MapMemoryResponseSchema;
+  },
+  /**
+   * Unmaps every mapping inside [iova, iova + length). Mappings are never
+   * split: a range that covers part of one is refused. iova 0 with length
+   * 2^64-1 unmaps everything in the IOAS.
+   *
+   * @generated from rpc vfio_broker.v1.BrokerService.UnmapMemory
+   */
+  unmapMemory: {
+    methodKind: "unary";
+    input: typeof UnmapMemoryRequestSchema;
+    output: typeof UnmapMemoryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_vfio_broker_v1_broker, 0);

@@ -295,6 +295,34 @@ export class Broker {
     return this.inventory.view(device);
   }
 
+  /** Managed device: hands it to vfio-pci so it can be bound (libvirt's managed hostdevs). */
+  prepareDevice(deviceId: string): Promise<DeviceView> {
+    return this.changeDriver(deviceId, 'prepare');
+  }
+
+  /** Gives a managed device back to the driver it had; refused while bound. */
+  releaseDevice(deviceId: string): Promise<DeviceView> {
+    return this.changeDriver(deviceId, 'release');
+  }
+
+  private async changeDriver(deviceId: string, how: 'prepare' | 'release'): Promise<DeviceView> {
+    const device = this.inventory.resolve(deviceId, 'device_id');
+    const call = how === 'prepare' ? this.kernel.prepareDevice : this.kernel.releaseDevice;
+    if (!call) throw new BrokerError('KERNEL_UNSUPPORTED', `the ${this.kernel.name} backend cannot change device drivers`, { deviceId: device.id });
+    if (device.boundTo) {
+      throw new BrokerError('DEVICE_BUSY', `device ${device.id} is bound in context ${device.boundTo}; unbind it first`, { deviceId: device.id });
+    }
+    let pci;
+    try {
+      pci = await call.call(this.kernel, device.id);
+    } catch (err) {
+      throw new BrokerError('DEVICE_BUSY', `${how === 'prepare' ? 'preparing' : 'releasing'} ${device.id}: ${(err as Error).message}`, { deviceId: device.id });
+    }
+    device.pci = pci ?? (await this.kernel.listPciFunctions()).find((f) => f.bdf === device.id) ?? device.pci;
+    this.log.info({ deviceId: device.id, driver: device.pci.driver, cdev: device.pci.cdev }, how === 'prepare' ? 'device prepared for VFIO' : 'device released to its driver');
+    return this.inventory.view(device);
+  }
+
   unassignDevice(deviceId: string): DeviceView {
     const device = this.inventory.resolve(deviceId, 'device_id');
     this.inventory.unassign(device);

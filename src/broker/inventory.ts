@@ -12,7 +12,8 @@ export const DEVICE_STATES: readonly DeviceState[] = ['free', 'assigned', 'bound
 
 export interface InventoryDevice {
   readonly id: DeviceId;
-  readonly pci: PciFunction;
+  /** Replaced when the device changes driver (PrepareDevice/ReleaseDevice). */
+  pci: PciFunction;
   tenant: TenantId | undefined;
   boundTo: ContextId | undefined;
   quarantined: boolean;

@@ -5,6 +5,8 @@ import {
   GetStatusResponseSchema,
   ListContextsResponseSchema,
   ListDevicesResponseSchema,
+  PrepareDeviceResponseSchema,
+  ReleaseDeviceResponseSchema,
   UnassignDeviceResponseSchema,
 } from '../gen/vfio_broker/v1/admin_pb.js';
 import { HealthCheckResponseSchema, HealthCheckResponse_ServingStatus } from '../gen/grpc/health/v1/health_pb.js';
@@ -63,6 +65,32 @@ export const ADMIN_COMMANDS: readonly ClientCommand[] = [
       return async (api) => {
         const res = await api.admin.assignDevice({ deviceId, tenant }, api.call);
         api.print(AssignDeviceResponseSchema, res, () => `assigned ${res.device?.id ?? deviceId} to tenant ${res.device?.tenant ?? tenant}\n`);
+      };
+    },
+  },
+  {
+    name: 'prepare',
+    group: 'Administration',
+    args: ['DEVICE'],
+    summary: 'hand a device to vfio-pci so it can be bound (remembers its driver)',
+    prepare: (p) => {
+      const deviceId = text(p, 'DEVICE');
+      return async (api) => {
+        const res = await api.admin.prepareDevice({ deviceId }, api.call);
+        api.print(PrepareDeviceResponseSchema, res, () => `${res.device?.id ?? deviceId} is on ${res.device?.driver || '?'} (${res.device?.cdev || 'no cdev'})\n`);
+      };
+    },
+  },
+  {
+    name: 'release',
+    group: 'Administration',
+    args: ['DEVICE'],
+    summary: 'give a prepared device back to its original driver (fails while bound)',
+    prepare: (p) => {
+      const deviceId = text(p, 'DEVICE');
+      return async (api) => {
+        const res = await api.admin.releaseDevice({ deviceId }, api.call);
+        api.print(ReleaseDeviceResponseSchema, res, () => `${res.device?.id ?? deviceId} is back on ${res.device?.driver || 'no driver'}\n`);
       };
     },
   },

@@ -27,6 +27,8 @@ export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObser
     probe: () => kernel.probe(),
     listPciFunctions: () => kernel.listPciFunctions(),
     shutdown: () => kernel.shutdown(),
+    ...(kernel.prepareDevice ? { prepareDevice: (bdf: string) => kernel.prepareDevice!(bdf) } : {}),
+    ...(kernel.releaseDevice ? { releaseDevice: (bdf: string) => kernel.releaseDevice!(bdf) } : {}),
     ...(kernel.onDeviceRequest ? { onDeviceRequest: (l: (bdf: string) => void) => kernel.onDeviceRequest!(l) } : {}),
     // Not a kernel call: a lookup of the fd the backend holds.
     ...(kernel.osFd ? { osFd: (f: DeviceFile) => kernel.osFd!(f) } : {}),

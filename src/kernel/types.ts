@@ -222,6 +222,13 @@ export interface KernelBackend {
   osFd?(file: DeviceFile): number | undefined;
 
   /**
+   * Managed devices (libvirt-style): give the function to vfio-pci, or back
+   * to the driver it had. Backends without driver control omit these.
+   */
+  prepareDevice?(bdf: string): Promise<PciFunction>;
+  releaseDevice?(bdf: string): Promise<PciFunction | undefined>;
+
+  /**
    * Calls `listener` when the host asks for a device back (vfio-pci's request
    * IRQ: a driver unbind in sysfs or a surprise removal). Until the device fd
    * is closed the kernel blocks that unbind (kernel-uapi.md §4.5).

@@ -36,6 +36,14 @@ export function adminServiceImpl(broker: Broker): ServiceImpl<MethodsOf<typeof A
       requireAdmin(caller);
       return { device: deviceMessage(broker.unassignDevice(req.deviceId)) };
     },
+    async prepareDevice(req, { caller }) {
+      requireAdmin(caller);
+      return { device: deviceMessage(await broker.prepareDevice(req.deviceId)) };
+    },
+    async releaseDevice(req, { caller }) {
+      requireAdmin(caller);
+      return { device: deviceMessage(await broker.releaseDevice(req.deviceId)) };
+    },
     async listContexts(req, { caller }) {
       requireAdmin(caller);
       const tenant = req.tenant === '' ? undefined : tenantField(req.tenant, 'tenant');

@@ -28,6 +28,7 @@ import {
   type ViommuAllocArgs,
 } from '../types.js';
 import { SimFaults } from './faults.js';
+import { SimDrivers } from './drivers.js';
 import { IdAllocator } from './ids.js';
 import { DEMO_PCI_FUNCTIONS, validateInventory, type SimPciFunction } from './inventory.js';
 import * as ioctl from './iommufd-ioctls.js';
@@ -82,7 +83,8 @@ export class SimKernel implements KernelBackend {
   readonly faults = new SimFaults();
 
   private readonly traits: ProfileTraits;
-  private readonly inventory: readonly SimPciFunction[];
+  private readonly inventory: SimPciFunction[];
+  private readonly drivers: SimDrivers;
   /** One fd table for both kinds of file, lowest free number first like open(2). */
   private readonly fdNumbers = new IdAllocator(FIRST_FD, 0x7fff_ffff);
   /** iommufd files whose fd is open or whose context is still alive. */
@@ -102,7 +104,8 @@ export class SimKernel implements KernelBackend {
     const traits = PROFILE_TRAITS[this.profile];
     if (traits === undefined) throw new Error(`unknown sim kernel profile ${String(this.profile)}`);
     this.traits = traits;
-    this.inventory = validateInventory(options.devices ?? DEMO_PCI_FUNCTIONS);
+    this.inventory = [...validateInventory(options.devices ?? DEMO_PCI_FUNCTIONS)];
+    this.drivers = new SimDrivers(this.inventory);
     this.missing = new Set(options.withoutIoctls ?? []);
     this.mockBus = new selftest.MockBus(this.inventory);
     const deviceFiles = this.deviceFiles;
@@ -125,6 +128,16 @@ export class SimKernel implements KernelBackend {
       ioctls: ioctlsFor(this.traits).filter((name) => !this.missing.has(name)),
       selftest: true,
     };
+  }
+
+  /** Binds the function to vfio-pci (a new cdev appears); see drivers.ts. */
+  async prepareDevice(bdf: string): Promise<PciFunction> {
+    return this.drivers.prepare(bdf);
+  }
+
+  /** Gives the function back to its original driver; refused while a device fd is open. */
+  async releaseDevice(bdf: string): Promise<PciFunction> {
+    return this.drivers.release(bdf, this.hasOpenFile(bdf));
   }
 
   async listPciFunctions(): Promise<PciFunction[]> {

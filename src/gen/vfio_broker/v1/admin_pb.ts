@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vfio_broker/v1/admin.proto.
  */
 export const file_vfio_broker_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chp2ZmlvX2Jyb2tlci92MS9hZG1pbi5wcm90bxIOdmZpb19icm9rZXIudjEi1gEKBkRldmljZRIKCgJpZBgBIAEoCRIRCgl2ZW5kb3JfaWQYAiABKA0SFQoNcGNpX2RldmljZV9pZBgDIAEoDRITCgtpb21tdV9ncm91cBgEIAEoDRIMCgRjZGV2GAUgASgJEg4KBmRyaXZlchgGIAEoCRITCgtkZXNjcmlwdGlvbhgHIAEoCRIqCgVzdGF0ZRgIIAEoDjIbLnZmaW9fYnJva2VyLnYxLkRldmljZVN0YXRlEg4KBnRlbmFudBgJIAEoCRISCgpjb250ZXh0X2lkGAogASgJIhQKEkxpc3REZXZpY2VzUmVxdWVzdCI+ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEicKB2RldmljZXMYASADKAsyFi52ZmlvX2Jyb2tlci52MS5EZXZpY2UipQEKE0Fzc2lnbkRldmljZVJlcXVlc3QSVwoJZGV2aWNlX2lkGAEgASgJQkS6SEHIAQFyPBggMjheKFswLTlhLWZBLUZdezR9Oik/WzAtOWEtZkEtRl17Mn06WzAtOWEtZkEtRl17Mn1cLlswLTddJBI1CgZ0ZW5hbnQYAiABKAlCJbpIIsgBAXIdMhteW2EtejAtOV1bYS16MC05Ll8tXXswLDYyfSQiPgoUQXNzaWduRGV2aWNlUmVzcG9uc2USJgoGZGV2aWNlGAEgASgLMhYudmZpb19icm9rZXIudjEuRGV2aWNlInAKFVVuYXNzaWduRGV2aWNlUmVxdWVzdBJXCglkZXZpY2VfaWQYASABKAlCRLpIQcgBAXI8GCAyOF4oWzAtOWEtZkEtRl17NH06KT9bMC05YS1mQS1GXXsyfTpbMC05YS1mQS1GXXsyfVwuWzAtN10kIkAKFlVuYXNzaWduRGV2aWNlUmVzcG9uc2USJgoGZGV2aWNlGAEgASgLMhYudmZpb19icm9rZXIudjEuRGV2aWNlItIBCgtDb250ZXh0SW5mbxISCgpjb250ZXh0X2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRINCgVsYWJlbBgDIAEoCRItCglvcGVuZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDG9iamVjdF9jb3VudBgFIAEoDRISCgpkZXZpY2VfaWRzGAYgAygJEhAKCHdhdGNoZXJzGAcgASgNEhUKDWxlYXNlX3NlY29uZHMYCCABKA0SDgoGcXVldWVkGAkgASgNIkwKE0xpc3RDb250ZXh0c1JlcXVlc3QSNQoGdGVuYW50GAEgASgJQiW6SCLYAQFyHTIbXlthLXowLTldW2EtejAtOS5fLV17MCw2Mn0kIkUKFExpc3RDb250ZXh0c1Jlc3BvbnNlEi0KCGNvbnRleHRzGAEgAygLMhsudmZpb19icm9rZXIudjEuQ29udGV4dEluZm8iaAoYRm9yY2VDbG9zZUNvbnRleHRSZXF1ZXN0EjIKCmNvbnRleHRfaWQYASABKAlCHrpIG8gBAXIWGEAyEl5jdHgtWzAtOWEtZl17MjR9JBIYCgZyZWFzb24YAiABKAlCCLpIBXIDKIACIk0KGUZvcmNlQ2xvc2VDb250ZXh0UmVzcG9uc2USMAoIdGVhcmRvd24YASABKAsyHi52ZmlvX2Jyb2tlci52MS5UZWFyZG93blJlcG9ydCISChBHZXRTdGF0dXNSZXF1ZXN0It8BChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEg8KB2JhY2tlbmQYAiABKAkSFgoOa2VybmVsX3Byb2ZpbGUYAyABKAkSFgoOa2VybmVsX3JlbGVhc2UYBCABKAkSFAoMY2FwYWJpbGl0aWVzGAUgAygJEhAKCGNvbnRleHRzGAYgASgNEg8KB29iamVjdHMYByABKA0SDwoHZGV2aWNlcxgIIAEoDRIuCgpzdGFydGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqTAQoLRGV2aWNlU3RhdGUSHAoYREVWSUNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRREVWSUNFX1NUQVRFX0ZSRUUQARIZChVERVZJQ0VfU1RBVEVfQVNTSUdORUQQAhIWChJERVZJQ0VfU1RBVEVfQk9VTkQQAxIcChhERVZJQ0VfU1RBVEVfUVVBUkFOVElORUQQBDLIBAoMQWRtaW5TZXJ2aWNlElsKC0xpc3REZXZpY2VzEiIudmZpb19icm9rZXIudjEuTGlzdERldmljZXNSZXF1ZXN0GiMudmZpb19icm9rZXIudjEuTGlzdERldmljZXNSZXNwb25zZSIDkAIBElkKDEFzc2lnbkRldmljZRIjLnZmaW9fYnJva2VyLnYxLkFzc2lnbkRldmljZVJlcXVlc3QaJC52ZmlvX2Jyb2tlci52MS5Bc3NpZ25EZXZpY2VSZXNwb25zZRJfCg5VbmFzc2lnbkRldmljZRIlLnZmaW9fYnJva2VyLnYxLlVuYXNzaWduRGV2aWNlUmVxdWVzdBomLnZmaW9fYnJva2VyLnYxLlVuYXNzaWduRGV2aWNlUmVzcG9uc2USXgoMTGlzdENvbnRleHRzEiMudmZpb19icm9rZXIudjEuTGlzdENvbnRleHRzUmVxdWVzdBokLnZmaW9fYnJva2VyLnYxLkxpc3RDb250ZXh0c1Jlc3BvbnNlIgOQAgESaAoRRm9yY2VDbG9zZUNvbnRleHQSKC52ZmlvX2Jyb2tlci52MS5Gb3JjZUNsb3NlQ29udGV4dFJlcXVlc3QaKS52ZmlvX2Jyb2tlci52MS5Gb3JjZUNsb3NlQ29udGV4dFJlc3BvbnNlElUKCUdldFN0YXR1cxIgLnZmaW9fYnJva2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaIS52ZmlvX2Jyb2tlci52MS5HZXRTdGF0dXNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_vfio_broker_v1_objects]);
+  fileDesc("Chp2ZmlvX2Jyb2tlci92MS9hZG1pbi5wcm90bxIOdmZpb19icm9rZXIudjEi1gEKBkRldmljZRIKCgJpZBgBIAEoCRIRCgl2ZW5kb3JfaWQYAiABKA0SFQoNcGNpX2RldmljZV9pZBgDIAEoDRITCgtpb21tdV9ncm91cBgEIAEoDRIMCgRjZGV2GAUgASgJEg4KBmRyaXZlchgGIAEoCRITCgtkZXNjcmlwdGlvbhgHIAEoCRIqCgVzdGF0ZRgIIAEoDjIbLnZmaW9fYnJva2VyLnYxLkRldmljZVN0YXRlEg4KBnRlbmFudBgJIAEoCRISCgpjb250ZXh0X2lkGAogASgJIhQKEkxpc3REZXZpY2VzUmVxdWVzdCI+ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEicKB2RldmljZXMYASADKAsyFi52ZmlvX2Jyb2tlci52MS5EZXZpY2UipQEKE0Fzc2lnbkRldmljZVJlcXVlc3QSVwoJZGV2aWNlX2lkGAEgASgJQkS6SEHIAQFyPBggMjheKFswLTlhLWZBLUZdezR9Oik/WzAtOWEtZkEtRl17Mn06WzAtOWEtZkEtRl17Mn1cLlswLTddJBI1CgZ0ZW5hbnQYAiABKAlCJbpIIsgBAXIdMhteW2EtejAtOV1bYS16MC05Ll8tXXswLDYyfSQiPgoUQXNzaWduRGV2aWNlUmVzcG9uc2USJgoGZGV2aWNlGAEgASgLMhYudmZpb19icm9rZXIudjEuRGV2aWNlInAKFVVuYXNzaWduRGV2aWNlUmVxdWVzdBJXCglkZXZpY2VfaWQYASABKAlCRLpIQcgBAXI8GCAyOF4oWzAtOWEtZkEtRl17NH06KT9bMC05YS1mQS1GXXsyfTpbMC05YS1mQS1GXXsyfVwuWzAtN10kIkAKFlVuYXNzaWduRGV2aWNlUmVzcG9uc2USJgoGZGV2aWNlGAEgASgLMhYudmZpb19icm9rZXIudjEuRGV2aWNlIm8KFFByZXBhcmVEZXZpY2VSZXF1ZXN0ElcKCWRldmljZV9pZBgBIAEoCUJEukhByAEBcjwYIDI4XihbMC05YS1mQS1GXXs0fTopP1swLTlhLWZBLUZdezJ9OlswLTlhLWZBLUZdezJ9XC5bMC03XSQiPwoVUHJlcGFyZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnZmaW9fYnJva2VyLnYxLkRldmljZSJvChRSZWxlYXNlRGV2aWNlUmVxdWVzdBJXCglkZXZpY2VfaWQYASABKAlCRLpIQcgBAXI8GCAyOF4oWzAtOWEtZkEtRl17NH06KT9bMC05YS1mQS1GXXsyfTpbMC05YS1mQS1GXXsyfVwuWzAtN10kIj8KFVJlbGVhc2VEZXZpY2VSZXNwb25zZRImCgZkZXZpY2UYASABKAsyFi52ZmlvX2Jyb2tlci52MS5EZXZpY2Ui0gEKC0NvbnRleHRJbmZvEhIKCmNvbnRleHRfaWQYASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWxhYmVsGAMgASgJEi0KCW9wZW5lZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMb2JqZWN0X2NvdW50GAUgASgNEhIKCmRldmljZV9pZHMYBiADKAkSEAoId2F0Y2hlcnMYByABKA0SFQoNbGVhc2Vfc2Vjb25kcxgIIAEoDRIOCgZxdWV1ZWQYCSABKA0iTAoTTGlzdENvbnRleHRzUmVxdWVzdBI1CgZ0ZW5hbnQYASABKAlCJbpIItgBAXIdMhteW2EtejAtOV1bYS16MC05Ll8tXXswLDYyfSQiRQoUTGlzdENvbnRleHRzUmVzcG9uc2USLQoIY29udGV4dHMYASADKAsyGy52ZmlvX2Jyb2tlci52MS5Db250ZXh0SW5mbyJoChhGb3JjZUNsb3NlQ29udGV4dFJlcXVlc3QSMgoKY29udGV4dF9pZBgBIAEoCUIeukgbyAEBchYYQDISXmN0eC1bMC05YS1mXXsyNH0kEhgKBnJlYXNvbhgCIAEoCUIIukgFcgMogAIiTQoZRm9yY2VDbG9zZUNvbnRleHRSZXNwb25zZRIwCgh0ZWFyZG93bhgBIAEoCzIeLnZmaW9fYnJva2VyLnYxLlRlYXJkb3duUmVwb3J0IhIKEEdldFN0YXR1c1JlcXVlc3Qi3wEKEUdldFN0YXR1c1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSDwoHYmFja2VuZBgCIAEoCRIWCg5rZXJuZWxfcHJvZmlsZRgDIAEoCRIWCg5rZXJuZWxfcmVsZWFzZRgEIAEoCRIUCgxjYXBhYmlsaXRpZXMYBSADKAkSEAoIY29udGV4dHMYBiABKA0SDwoHb2JqZWN0cxgHIAEoDRIPCgdkZXZpY2VzGAggASgNEi4KCnN0YXJ0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKpMBCgtEZXZpY2VTdGF0ZRIcChhERVZJQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFERVZJQ0VfU1RBVEVfRlJFRRABEhkKFURFVklDRV9TVEFURV9BU1NJR05FRBACEhYKEkRFVklDRV9TVEFURV9CT1VORBADEhwKGERFVklDRV9TVEFURV9RVUFSQU5USU5FRBAEMoQGCgxBZG1pblNlcnZpY2USWwoLTGlzdERldmljZXMSIi52ZmlvX2Jyb2tlci52MS5MaXN0RGV2aWNlc1JlcXVlc3QaIy52ZmlvX2Jyb2tlci52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlIgOQAgESWQoMQXNzaWduRGV2aWNlEiMudmZpb19icm9rZXIudjEuQXNzaWduRGV2aWNlUmVxdWVzdBokLnZmaW9fYnJva2VyLnYxLkFzc2lnbkRldmljZVJlc3BvbnNlEl8KDlVuYXNzaWduRGV2aWNlEiUudmZpb19icm9rZXIudjEuVW5hc3NpZ25EZXZpY2VSZXF1ZXN0GiYudmZpb19icm9rZXIudjEuVW5hc3NpZ25EZXZpY2VSZXNwb25zZRJcCg1QcmVwYXJlRGV2aWNlEiQudmZpb19icm9rZXIudjEuUHJlcGFyZURldmljZVJlcXVlc3QaJS52ZmlvX2Jyb2tlci52MS5QcmVwYXJlRGV2aWNlUmVzcG9uc2USXAoNUmVsZWFzZURldmljZRIkLnZmaW9fYnJva2VyLnYxLlJlbGVhc2VEZXZpY2VSZXF1ZXN0GiUudmZpb19icm9rZXIudjEuUmVsZWFzZURldmljZVJlc3BvbnNlEl4KDExpc3RDb250ZXh0cxIjLnZmaW9fYnJva2VyLnYxLkxpc3RDb250ZXh0c1JlcXVlc3QaJC52ZmlvX2Jyb2tlci52MS5MaXN0Q29udGV4dHNSZXNwb25zZSIDkAIBEmgKEUZvcmNlQ2xvc2VDb250ZXh0EigudmZpb19icm9rZXIudjEuRm9yY2VDbG9zZUNvbnRleHRSZXF1ZXN0GikudmZpb19icm9rZXIudjEuRm9yY2VDbG9zZUNvbnRleHRSZXNwb25zZRJVCglHZXRTdGF0dXMSIC52ZmlvX2Jyb2tlci52MS5HZXRTdGF0dXNSZXF1ZXN0GiEudmZpb19icm9rZXIudjEuR2V0U3RhdHVzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_vfio_broker_v1_objects]);
 
 /**
  * @generated from message vfio_broker.v1.Device
@@ -189,6 +189,74 @@ export const UnassignDeviceResponseSchema: GenMessage<UnassignDeviceResponse> = 
   messageDesc(file_vfio_broker_v1_admin, 6);
 
 /**
+ * @generated from message vfio_broker.v1.PrepareDeviceRequest
+ */
+export type PrepareDeviceRequest = Message<"vfio_broker.v1.PrepareDeviceRequest"> & {
+  /**
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+};
+
+/**
+ * Describes the message vfio_broker.v1.PrepareDeviceRequest.
+ * Use `create(PrepareDeviceRequestSchema)` to create a new message.
+ */
+export const PrepareDeviceRequestSchema: GenMessage<PrepareDeviceRequest> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_admin, 7);
+
+/**
+ * @generated from message vfio_broker.v1.PrepareDeviceResponse
+ */
+export type PrepareDeviceResponse = Message<"vfio_broker.v1.PrepareDeviceResponse"> & {
+  /**
+   * @generated from field: vfio_broker.v1.Device device = 1;
+   */
+  device?: Device | undefined;
+};
+
+/**
+ * Describes the message vfio_broker.v1.PrepareDeviceResponse.
+ * Use `create(PrepareDeviceResponseSchema)` to create a new message.
+ */
+export const PrepareDeviceResponseSchema: GenMessage<PrepareDeviceResponse> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_admin, 8);
+
+/**
+ * @generated from message vfio_broker.v1.ReleaseDeviceRequest
+ */
+export type ReleaseDeviceRequest = Message<"vfio_broker.v1.ReleaseDeviceRequest"> & {
+  /**
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+};
+
+/**
+ * Describes the message vfio_broker.v1.ReleaseDeviceRequest.
+ * Use `create(ReleaseDeviceRequestSchema)` to create a new message.
+ */
+export const ReleaseDeviceRequestSchema: GenMessage<ReleaseDeviceRequest> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_admin, 9);
+
+/**
+ * @generated from message vfio_broker.v1.ReleaseDeviceResponse
+ */
+export type ReleaseDeviceResponse = Message<"vfio_broker.v1.ReleaseDeviceResponse"> & {
+  /**
+   * @generated from field: vfio_broker.v1.Device device = 1;
+   */
+  device?: Device | undefined;
+};
+
+/**
+ * Describes the message vfio_broker.v1.ReleaseDeviceResponse.
+ * Use `create(ReleaseDeviceResponseSchema)` to create a new message.
+ */
+export const ReleaseDeviceResponseSchema: GenMessage<ReleaseDeviceResponse> = /*@__PURE__*/
+  messageDesc(file_vfio_broker_v1_admin, 10);
+
+/**
  * @generated from message vfio_broker.v1.ContextInfo
  */
 export type ContextInfo = Message<"vfio_broker.v1.ContextInfo"> & {
@@ -245,7 +313,7 @@ export type ContextInfo = Message<"vfio_broker.v1.ContextInfo"> & {
  * Use `create(ContextInfoSchema)` to create a new message.
  */
 export const ContextInfoSchema: GenMessage<ContextInfo> = /*@__PURE__*/
-  messageDesc(file_vfio_broker_v1_admin, 7);
+  messageDesc(file_vfio_broker_v1_admin, 11);
 
 /**
  * @generated from message vfio_broker.v1.ListContextsRequest
@@ -264,7 +332,7 @@ export type ListContextsRequest = Message<"vfio_broker.v1.ListContextsRequest"> 
  * Use `create(ListContextsRequestSchema)` to create a new message.
  */
 export const ListContextsRequestSchema: GenMessage<ListContextsRequest> = /*@__PURE__*/
-  messageDesc(file_vfio_broker_v1_admin, 8);
+  messageDesc(file_vfio_broker_v1_admin, 12);
 
 /**
  * @generated from message vfio_broker.v1.ListContextsResponse
@@ -281,7 +349,7 @@ export type ListContextsResponse = Message<"vfio_broker.v1.ListContextsResponse"
  * Use `create(ListContextsResponseSchema)` to create a new message.
  */
 export const ListContextsResponseSchema: GenMessage<ListContextsResponse> = /*@__PURE__*/
-  messageDesc(file_vfio_broker_v1_admin, 9);
+  messageDesc(file_vfio_broker_v1_admin, 13);
 
 /**
  * @generated from message vfio_broker.v1.ForceCloseContextRequest
@@ -305,7 +373,7 @@ export type ForceCloseContextRequest = Message<"vfio_broker.v1.ForceCloseContext
  * Use `create(ForceCloseContextRequestSchema)` to create a new message.
  */
 export const ForceCloseContextRequestSchema: GenMessage<ForceCloseContextRequest> = /*@__PURE__*/
-  messageDesc(file_vfio_broker_v1_admin, 10);
+  messageDesc(file_vfio_broker_v1_admin, 14);
 
 /**
  * @generated from message vfio_broker.v1.ForceCloseContextResponse
@@ -322,7 +390,7 @@ export type ForceCloseContextResponse = Message<"vfio_broker.v1.ForceCloseContex
  * Use `create(ForceCloseContextResponseSchema)` to create a new message.
  */
 export const ForceCloseContextResponseSchema: GenMessage<ForceCloseContextResponse> = /*@__PURE__*/
-  messageDesc(file_vfio_broker_v1_admin, 11);
+  messageDesc(file_vfio_broker_v1_admin, 15);
 
 /**
  * @generated from message vfio_broker.v1.GetStatusRequest
@@ -335,7 +403,7 @@ export type GetStatusRequest = Message<"vfio_broker.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_vfio_broker_v1_admin, 12);
+  messageDesc(file_vfio_broker_v1_admin, 16);
 
 /**
  * @generated from message vfio_broker.v1.GetStatusResponse
@@ -398,7 +466,7 @@ export type GetStatusResponse = Message<"vfio_broker.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_vfio_broker_v1_admin, 13);
+  messageDesc(file_vfio_broker_v1_admin, 17);
 
 /**
  * @generated from enum vfio_broker.v1.DeviceState
@@ -477,6 +545,27 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof UnassignDeviceRequestSchema;
     output: typeof UnassignDeviceResponseSchema;
+  },
+  /**
+   * Managed device: binds it to vfio-pci (driver_override + drivers_probe),
+   * remembering its original driver, so it gets a VFIO cdev and can be bound.
+   *
+   * @generated from rpc vfio_broker.v1.AdminService.PrepareDevice
+   */
+  prepareDevice: {
+    methodKind: "unary";
+    input: typeof PrepareDeviceRequestSchema;
+    output: typeof PrepareDeviceResponseSchema;
+  },
+  /**
+   * Gives a prepared device back to its original driver. Fails while bound.
+   *
+   * @generated from rpc vfio_broker.v1.AdminService.ReleaseDevice
+   */
+  releaseDevice: {
+    methodKind: "unary";
+    input: typeof ReleaseDeviceRequestSchema;
+    output: typeof ReleaseDeviceResponseSchema;
   },
   /**
    * @generated from rpc vfio_broker.v1.AdminService.ListContexts

@@ -377,7 +377,3 @@ export async function releaseDevice(env: OpEnv, ctx: Context, deviceHandle: Hand
   if (inv.boundTo === ctx.id) inv.boundTo = undefined;
   ctx.emit({ type: 'destroyed', handle: device.handle, kind: 'DEVICE' });
 }
-
-export function asBrokerError(err: unknown, what: string): BrokerError {
-  return kernelFailure(err, what, []);
-}

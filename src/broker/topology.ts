@@ -9,7 +9,7 @@
  */
 import { isKernelError } from '../kernel/types.js';
 import type { Context } from './context.js';
-import { BrokerError } from './errors.js';
+import { BrokerError, kernelFailure } from './errors.js';
 import type { ObjectView } from './events.js';
 import { asHandle, type Handle } from './ids.js';
 import type { ObjectKind } from './objects.js';
@@ -128,7 +128,7 @@ async function rollBack(undo: Undo[]): Promise<void> {
 }
 
 function stepError(err: unknown, at: string, name: string): BrokerError {
-  const inner = err instanceof BrokerError ? err : ops.asBrokerError(err, `${at} (${name})`);
+  const inner = err instanceof BrokerError ? err : kernelFailure(err, `${at} (${name})`, []);
   return new BrokerError(inner.reason, `${at} (${name}): ${inner.message}; every earlier step was undone`, {
     errno: inner.errno,
     kernelOp: inner.kernelOp,

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { KERNEL_PROFILES, type KernelProfile } from '../kernel/types.js';
 import type { IdentityRule } from '../rpc/identity.js';
+import { parseHostPort } from '../obs/metrics-server.js';
 import { DEFAULT_QUOTA, type TenantQuota } from '../broker/quotas.js';
 
 export type BackendName = 'sim' | 'linux';
@@ -211,7 +212,7 @@ export function parseConfig(raw: unknown, source: string): Config {
     const missing = ['address', 'caFile', 'certFile', 'keyFile'].filter((k) => t[k] === undefined);
     if (missing.length > 0) throw new ConfigError(`tcp: mTLS is required for TCP; missing ${missing.join(', ')}`);
     cfg.tcp = {
-      address: metricsAddress(t['address'], 'tcp.address') || (() => { throw new ConfigError('tcp.address: expected HOST:PORT'); })(),
+      address: hostPort(t['address'], 'tcp.address'),
       caFile: str(t['caFile'], 'tcp.caFile'),
       certFile: str(t['certFile'], 'tcp.certFile'),
       keyFile: str(t['keyFile'], 'tcp.keyFile'),
@@ -297,9 +298,12 @@ function quota(v: unknown, at: string): Partial<TenantQuota> {
 /** HOST:PORT, [v6]:PORT, or "" to disable. */
 export function metricsAddress(v: unknown, at: string): string {
   if (v === '') return '';
-  if (typeof v !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/.test(v) || Number(v.slice(v.lastIndexOf(':') + 1)) > 65535) {
-    throw new ConfigError(`${at}: expected HOST:PORT such as ${DEFAULT_METRICS_ADDRESS}, or "" to disable`);
-  }
+  if (typeof v !== 'string' || !parseHostPort(v)) throw new ConfigError(`${at}: expected HOST:PORT such as ${DEFAULT_METRICS_ADDRESS}, or "" to disable`);
+  return v;
+}
+
+function hostPort(v: unknown, at: string): string {
+  if (typeof v !== 'string' || !parseHostPort(v)) throw new ConfigError(`${at}: expected HOST:PORT`);
   return v;
 }
 

@@ -119,24 +119,29 @@ async function memory(args: { contexts: number; perContext: number; simOnly: boo
   };
 }
 
-async function teardown(args: { sizes: number[]; reps: Record<string, number>; logLevel: string }) {
+/** Interleaved like the RPC teardown bench (bench/rpc.ts): a full GC and an untimed small close before each timed one. */
+async function teardown(args: { sizes: number[]; reps: number; logLevel: string }) {
   const sim = createSimKernel();
   const broker = await makeBroker(sim, true, args.logLevel);
-  const out: { objects: number; reps: number; closeUs: number; perObjectUs: number }[] = [];
-  for (const n of args.sizes) {
-    const times: number[] = [];
-    for (let r = 0; r < (args.reps[String(n)] ?? 3); r++) {
+  const times = new Map<number, number[]>(args.sizes.map((n) => [n, []]));
+  for (let r = 0; r < args.reps; r++) {
+    for (const n of r % 2 ? [...args.sizes].reverse() : args.sizes) {
       const ctx = await broker.openContext(CALLER, `td-${n}`, 0);
       for (let i = 0; i < n; i++) await broker.allocIoas(CALLER, ctx);
+      const warm = await broker.openContext(CALLER, 'td-warm', 0);
+      for (let i = 0; i < 100; i++) await broker.allocIoas(CALLER, warm);
+      global.gc?.();
+      await broker.closeContext(CALLER, warm);
       const t = performance.now();
       await broker.closeContext(CALLER, ctx);
-      times.push((performance.now() - t) * 1000);
+      times.get(n)!.push((performance.now() - t) * 1000);
       if (sim.liveObjectCount() !== 0) throw new Error('teardown left kernel objects');
     }
-    const closeUs = median(times);
-    out.push({ objects: n, reps: times.length, closeUs, perObjectUs: closeUs / n });
   }
-  return out;
+  return args.sizes.map((n) => {
+    const closeUs = median(times.get(n)!);
+    return { objects: n, reps: args.reps, closeUs, perObjectUs: closeUs / n };
+  });
 }
 
 serveParent({

@@ -3,8 +3,10 @@
  * run, written to bench/results/latest.{json,md} plus a timestamped copy.
  *
  * Knobs (environment): BENCH_ONLY=single,topology,teardown,memory,ownwork,ffi
- * BENCH_CALLS (RPCs per measurement at 64 in flight), BENCH_CALLS_C1 (at 1),
- * BENCH_WARMUP, BENCH_ROUNDS, BENCH_TOPOLOGIES, BENCH_TEARDOWN_SIZES,
+ * BENCH_CALLS (RPCs per measurement at 64 in flight, default 10000),
+ * BENCH_CALLS_C1 (at 1, default 3000), BENCH_WARMUP, BENCH_ROUNDS (default 5;
+ * each broker round runs between two echo rounds), BENCH_TOPOLOGIES,
+ * BENCH_TEARDOWN_SIZES, BENCH_TEARDOWN_REPS (default 9),
  * BENCH_OWNWORK_ITERS, BENCH_MEM_CONTEXTS, BENCH_MEM_PER_CONTEXT,
  * BENCH_FFI_CALLS, BENCH_AUDIT=0, BENCH_LOG_LEVEL, BENCH_PROFILE=1 (CPU
  * profiles of the server processes into .cache/bench/prof; read them with
@@ -30,7 +32,13 @@ function log(msg: string): void {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
 
-function aggregate(rounds: LoadResult[], echo: LoadResult[] | undefined): Aggregate {
+/** A broker round and the echo rounds run right before and right after it. */
+interface Bracketed {
+  result: LoadResult;
+  echo: [LoadResult, LoadResult];
+}
+
+function aggregate(rounds: LoadResult[], bracketed?: Bracketed[]): Aggregate {
   const m = (f: (r: LoadResult) => number) => median(rounds.map(f));
   const agg: Aggregate = {
     concurrency: rounds[0]!.concurrency,
@@ -40,10 +48,12 @@ function aggregate(rounds: LoadResult[], echo: LoadResult[] | undefined): Aggreg
     p99Us: m((r) => r.latencyUs.p99),
     maxUs: m((r) => r.latencyUs.max),
     serverCpuUsPerRpc: m((r) => r.serverCpuUsPerRpc ?? NaN),
+    clientCpuUsPerRpc: m((r) => r.clientCpuUsPerRpc),
   };
-  if (echo) {
-    // Ratios per round (each broker round against the echo round next to it), then the median.
-    const per = (f: (r: LoadResult) => number) => rounds.map((r, i) => f(r) / f(echo[i] ?? echo[0]!));
+  if (bracketed) {
+    // Each broker round against the mean of the echo rounds on either side of it (the machine's
+    // load drifts; a neighbour on each side cancels a linear drift), then the median over rounds.
+    const per = (f: (r: LoadResult) => number) => bracketed.map(({ result, echo: [a, b] }) => f(result) / ((f(a) + f(b)) / 2));
     const thr = per((r) => r.rpcPerSec);
     agg.vsEcho = {
       throughput: median(thr),
@@ -53,46 +63,55 @@ function aggregate(rounds: LoadResult[], echo: LoadResult[] | undefined): Aggreg
       p99Range: minMax(per((r) => r.latencyUs.p99)),
       max: median(per((r) => r.latencyUs.max)),
       serverCpu: median(per((r) => r.serverCpuUsPerRpc ?? NaN)),
+      clientCpu: median(per((r) => r.clientCpuUsPerRpc)),
     };
   }
   return agg;
 }
 
 async function singleOps(s: Servers, results: Results): Promise<void> {
-  const rounds = envInt('BENCH_ROUNDS', 3);
-  const callsC1 = envInt('BENCH_CALLS_C1', 4000);
-  const callsC64 = envInt('BENCH_CALLS', 20000);
+  const rounds = envInt('BENCH_ROUNDS', 5);
+  const callsC1 = envInt('BENCH_CALLS_C1', 3000);
+  const callsC64 = envInt('BENCH_CALLS', 10000);
   const calls = (c: number) => (c === 1 ? callsC1 : callsC64);
   const warm = envInt('BENCH_WARMUP', 3000);
   const all: Workload[] = [
-    'echo',
     'allocDestroy',
     'bindUnbind',
     ...(s.audited ? (['allocDestroyAudited'] as const) : []),
     ...(s.alt ? (['allocDestroyAlt', 'bindUnbindAlt'] as const) : []),
   ];
   const picked = envList('BENCH_WORKLOADS');
-  const workloads = all.filter((w) => w === 'echo' || !picked || picked.includes(w));
+  const workloads = all.filter((w) => !picked || picked.includes(w));
   log(`warm-up: ${warm} RPCs per workload`);
-  for (const w of workloads) await runWorkload(s, w, 64, warm);
-  const raw: Record<string, Record<number, LoadResult[]>> = {};
+  for (const w of ['echo', ...workloads] as Workload[]) await runWorkload(s, w, 64, warm);
+  const echoRuns: Record<number, LoadResult[]> = {};
+  const raw: Record<string, Record<number, Bracketed[]>> = {};
+  const run = async (w: Workload, c: number, r: number) => {
+    const res = await runWorkload(s, w, c, calls(c));
+    log(`round ${r + 1}/${rounds} ${w} @${c}: ${Math.round(res.rpcPerSec)} RPC/s, p99 ${Math.round(res.latencyUs.p99)} µs, CPU µs/RPC server ${Math.round(res.serverCpuUsPerRpc ?? NaN)} client ${Math.round(res.clientCpuUsPerRpc)}`);
+    return res;
+  };
   for (let r = 0; r < rounds; r++) {
     for (const c of CONCURRENCIES) {
-      // Alternate the order so no workload always runs right after the same neighbour.
-      const order = r % 2 ? [...workloads].reverse() : workloads;
+      // echo, A, echo, B, echo, …: every broker round has an echo round on each side. The order
+      // alternates so no workload always follows the same neighbour.
+      const order = (r % 2 ? [...workloads].reverse() : workloads).filter((w) => w !== 'allocDestroyAudited' || c === 64);
+      let before = await run('echo', c, r);
+      (echoRuns[c] ??= []).push(before);
       for (const w of order) {
-        if (w === 'allocDestroyAudited' && c !== 64) continue;
-        const res = await runWorkload(s, w, c, calls(c));
-        ((raw[w] ??= {})[c] ??= []).push(res);
-        log(`round ${r + 1}/${rounds} ${w} @${c}: ${Math.round(res.rpcPerSec)} RPC/s, p99 ${Math.round(res.latencyUs.p99)} µs`);
+        const result = await run(w, c, r);
+        const after = await run('echo', c, r);
+        echoRuns[c]!.push(after);
+        ((raw[w] ??= {})[c] ??= []).push({ result, echo: [before, after] });
+        before = after;
       }
     }
   }
-  const echoBy = raw['echo']!;
-  results.transport = Object.fromEntries(CONCURRENCIES.map((c) => [c, aggregate(echoBy[c]!, undefined)]));
+  results.transport = Object.fromEntries(CONCURRENCIES.map((c) => [c, aggregate(echoRuns[c]!)]));
   results.singleOps = {};
-  for (const w of workloads.filter((x) => x !== 'echo')) {
-    results.singleOps[w] = Object.fromEntries(Object.entries(raw[w]!).map(([c, rs]) => [c, aggregate(rs, echoBy[Number(c)])]));
+  for (const w of workloads) {
+    results.singleOps[w] = Object.fromEntries(Object.entries(raw[w]!).map(([c, bs]) => [c, aggregate(bs.map((b) => b.result), bs)]));
   }
   results.config['rounds'] = rounds;
   results.config['callsPerMeasurement'] = { 1: callsC1, 64: callsC64 };
@@ -141,16 +160,12 @@ async function main(): Promise<void> {
       }
       if (wants('teardown')) {
         const sizes = (envList('BENCH_TEARDOWN_SIZES') ?? ['10', '100', '1000', '10000']).map(Number);
-        const reps = (n: number) => (n <= 1000 ? 9 : 5);
-        log(`teardown over RPC: ${sizes.join(', ')} objects`);
-        await teardownScaling(s, [100], () => 2); // warm-up
+        const reps = envInt('BENCH_TEARDOWN_REPS', 9);
+        log(`teardown over RPC: ${sizes.join(', ')} objects, ${reps} interleaved repetitions`);
+        await teardownScaling(s, [100, 1000], 2); // warm-up
         const rpc = await teardownScaling(s, sizes, reps);
         log('teardown in-process (Broker class, no gRPC)');
-        const inproc = await inChild<InprocTeardownPoint[]>('inproc', 'teardown', {
-          sizes,
-          reps: Object.fromEntries(sizes.map((n) => [String(n), n <= 100 ? 100 : n <= 1000 ? 20 : 5])),
-          logLevel,
-        });
+        const inproc = await inChild<InprocTeardownPoint[]>('inproc', 'teardown', { sizes, reps: 2 * reps, logLevel });
         results.teardown = { rpc, inproc };
       }
     } finally {

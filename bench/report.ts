@@ -14,6 +14,7 @@ export interface Aggregate {
   p99Us: number;
   maxUs: number;
   serverCpuUsPerRpc: number;
+  clientCpuUsPerRpc: number;
   /** Medians of per-round ratios to the echo ceiling at the same concurrency. */
   vsEcho?: {
     throughput: number;
@@ -23,6 +24,7 @@ export interface Aggregate {
     p99Range: [number, number];
     max: number;
     serverCpu: number;
+    clientCpu: number;
   };
 }
 
@@ -143,16 +145,16 @@ export function markdown(r: Results): string {
   }
   if (r.transport && r.singleOps) {
     out.push('## Single operations vs the echo ceiling', '');
-    out.push('Daemon and echo server each in their own process on a Unix socket; the client is the typed grpc-js client. Medians over interleaved rounds; "×echo" is the median of per-round ratios. Server CPU is the server process\'s user+system time per RPC.', '');
-    out.push('| Workload | In flight | RPC/s | ×echo | p50 µs | ×echo | p99 µs | ×echo | max µs | ×echo | server CPU µs/RPC | ×echo |', '|---|---|---|---|---|---|---|---|---|---|---|---|');
+    out.push('Daemon and echo server each in their own process on a Unix socket; the client is the typed grpc-js client. Medians over interleaved rounds; "×echo" is the median over rounds of each broker round against the mean of the echo rounds run just before and just after it. Server CPU is the server process\'s user+system time per RPC; client CPU is the load generator\'s (it shares the cores with the server).', '');
+    out.push('| Workload | In flight | RPC/s | ×echo | p50 µs | ×echo | p99 µs | ×echo | max µs | ×echo | server CPU µs/RPC | ×echo | client CPU µs/RPC | ×echo |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const [c, e] of Object.entries(r.transport)) {
-      out.push(`| Echo (transport ceiling) | ${c} | ${fmt(e.rpcPerSec)} | 1 | ${fmt(e.p50Us)} | 1 | ${fmt(e.p99Us)} | 1 | ${fmt(e.maxUs)} | 1 | ${fmt(e.serverCpuUsPerRpc)} | 1 |`);
+      out.push(`| Echo (transport ceiling) | ${c} | ${fmt(e.rpcPerSec)} | 1 | ${fmt(e.p50Us)} | 1 | ${fmt(e.p99Us)} | 1 | ${fmt(e.maxUs)} | 1 | ${fmt(e.serverCpuUsPerRpc)} | 1 | ${fmt(e.clientCpuUsPerRpc)} | 1 |`);
     }
     for (const [w, byC] of Object.entries(r.singleOps)) {
       for (const [c, a] of Object.entries(byC)) {
         const v = a.vsEcho;
         out.push(
-          `| ${LABELS[w] ?? w} | ${c} | ${fmt(a.rpcPerSec)} | ${fmt(v?.throughput)} | ${fmt(a.p50Us)} | ${fmt(v?.p50)} | ${fmt(a.p99Us)} | ${fmt(v?.p99)} | ${fmt(a.maxUs)} | ${fmt(v?.max)} | ${fmt(a.serverCpuUsPerRpc)} | ${fmt(v?.serverCpu)} |`,
+          `| ${LABELS[w] ?? w} | ${c} | ${fmt(a.rpcPerSec)} | ${fmt(v?.throughput)} | ${fmt(a.p50Us)} | ${fmt(v?.p50)} | ${fmt(a.p99Us)} | ${fmt(v?.p99)} | ${fmt(a.maxUs)} | ${fmt(v?.max)} | ${fmt(a.serverCpuUsPerRpc)} | ${fmt(v?.serverCpu)} | ${fmt(a.clientCpuUsPerRpc)} | ${fmt(v?.clientCpu)} |`,
         );
       }
     }
@@ -177,6 +179,7 @@ export function markdown(r: Results): string {
   }
   if (r.teardown) {
     out.push('## Teardown scaling (CloseContext of a context holding N IOASes)', '');
+    out.push(`Sizes interleaved within each of ${r.teardown.rpc[0]?.reps ?? '?'} repetitions; a full GC in the daemon and the client before each timed close, so garbage left by filling the context is not charged to the close. Medians.`, '');
     out.push('| Objects | RPC: median close ms | µs/object | ×(10 objects) | in-process: median close ms | µs/object |', '|---|---|---|---|---|---|');
     const base = r.teardown.rpc[0]?.closeUs ?? NaN;
     for (const p of r.teardown.rpc) {

@@ -229,33 +229,52 @@ export interface TeardownPoint {
   allCloseUs: number[];
 }
 
-/** Fills one context with `objects` IOASes (64 calls in flight), then times CloseContext. */
-export async function teardownScaling(s: Servers, sizes: readonly number[], repsFor: (n: number) => number): Promise<TeardownPoint[]> {
+/**
+ * Fills one context with `objects` IOASes (64 calls in flight), then times
+ * CloseContext. Sizes are interleaved within each repetition (order
+ * alternating) so a slow patch of the machine hits every size alike. Before
+ * each timed close both processes collect their garbage: filling 10k objects
+ * leaves 10k RPCs' worth of it, whose collection would otherwise land on
+ * whichever call came next (a long-lived context's creation garbage is long
+ * gone). A full GC also ages code V8 may then flush, so an untimed close of a
+ * small context runs the teardown path again first. Garbage made by the
+ * timed close itself is collected, and counted, as it happens.
+ */
+export async function teardownScaling(s: Servers, sizes: readonly number[], reps: number): Promise<TeardownPoint[]> {
   const b = s.broker;
-  const out: TeardownPoint[] = [];
-  for (const objects of sizes) {
-    const times: number[] = [];
-    for (let r = 0; r < repsFor(objects); r++) {
-      const { contextId } = await b.client.openContext({ label: `teardown-${objects}` });
-      let made = 0;
-      await Promise.all(
-        Array.from({ length: Math.min(64, objects) }, async () => {
-          while (made < objects) {
-            made++;
-            await b.client.allocIoas({ contextId });
-          }
-        }),
-      );
+  const times = new Map<number, number[]>(sizes.map((n) => [n, []]));
+  for (let r = 0; r < reps; r++) {
+    for (const objects of r % 2 ? [...sizes].reverse() : sizes) {
+      const fill = async (n: number) => {
+        const { contextId } = await b.client.openContext({ label: `teardown-${n}` });
+        let made = 0;
+        await Promise.all(
+          Array.from({ length: Math.min(64, n) }, async () => {
+            while (made < n) {
+              made++;
+              await b.client.allocIoas({ contextId });
+            }
+          }),
+        );
+        return contextId;
+      };
+      const contextId = await fill(objects);
+      const warm = await fill(100);
+      await b.child.request('gc');
+      global.gc?.();
+      await b.client.closeContext({ contextId: warm });
       const t = performance.now();
       const res = await b.client.closeContext({ contextId });
-      times.push((performance.now() - t) * 1000);
+      times.get(objects)!.push((performance.now() - t) * 1000);
       const destroyed = res.teardown?.steps.length ?? 0;
       if (destroyed !== objects + 1) throw new Error(`teardown of ${objects} objects reported ${destroyed} steps`);
       const sim = await b.child.request<{ liveObjects: number }>('sim');
       if (sim.liveObjects !== 0) throw new Error(`after closing: ${sim.liveObjects} kernel objects left`);
     }
-    const closeUs = median(times);
-    out.push({ objects, reps: times.length, closeUs, perObjectUs: closeUs / objects, allCloseUs: times });
   }
-  return out;
+  return sizes.map((objects) => {
+    const all = times.get(objects)!;
+    const closeUs = median(all);
+    return { objects, reps: all.length, closeUs, perObjectUs: closeUs / objects, allCloseUs: all };
+  });
 }

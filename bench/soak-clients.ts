@@ -35,7 +35,7 @@ function mulberry32(seed: number): () => number {
 
 let running: Promise<unknown> | undefined;
 let stopping = false;
-const stats: SoakStats = { rpcsOk: 0, lifecycles: 0, closed: 0, abandonedWatch: 0, abandonedLease: 0, expectedInjected: 0, expectedRefusals: 0, unbinds: 0, watchEvents: 0 };
+const stats: SoakStats = { rpcsOk: 0, lifecycles: 0, closed: 0, abandonedWatch: 0, abandonedLease: 0, expectedInjected: 0, expectedRefusals: 0, unbinds: 0, watchEvents: 0, leaseLapsed: 0 };
 const unexpected: SoakShared['unexpected'] = [];
 
 serveParent({

@@ -5,14 +5,15 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { Gauge } from 'prom-client';
 import { Broker, type BrokerObserver } from './broker/broker.js';
 import { asTenant, type TenantId } from './broker/ids.js';
 import { Inventory } from './broker/inventory.js';
 import { Quotas } from './broker/quotas.js';
 import { handoffSocketPath, type Config } from './config/config.js';
-import { instrumentKernel } from './kernel/instrumented.js';
+import { injectKernelFaults, instrumentKernel } from './kernel/instrumented.js';
 import { createLinuxKernel } from './kernel/linux/index.js';
-import { createSimKernel, type SimKernel } from './kernel/sim/index.js';
+import { createSimKernel, SimKernel, type SimFaults } from './kernel/sim/index.js';
 import type { KernelBackend } from './kernel/types.js';
 import { FileAuditLog, NO_AUDIT, type AuditSink } from './obs/audit.js';
 import { BrokerMetrics } from './obs/metrics.js';
@@ -21,6 +22,9 @@ import { SdNotifier } from './obs/sd-notify.js';
 import { startHandoffServer, type HandoffServer } from './rpc/handoff-server.js';
 import { startServer, StartupError, type RunningServer } from './rpc/server.js';
 import { VERSION } from './version.js';
+import type { FdStore } from './broker/fd-store.js';
+import { QUARANTINE_REASONS } from './broker/quarantine.js';
+import { prepareRestart, resetJournal, type RestartSetup } from './daemon-restart.js';
 
 export { StartupError } from './rpc/server.js';
 
@@ -34,17 +38,33 @@ export interface Daemon {
   metrics: BrokerMetrics;
   /** Where /metrics is served, if enabled. */
   metricsAddress: string | undefined;
+  /** Restart without teardown, when configured: the fd store and the journal. */
+  restart: RestartSetup | undefined;
   /** Drains calls, optionally tears every context down, and releases the kernel. */
   stop(): Promise<void>;
+  /**
+   * Tests: what a SIGKILL leaves. Only the listeners go (so the next daemon can
+   * bind them); no teardown, no journal record, no close of a kernel file.
+   */
+  abandon(): Promise<void>;
 }
 
 export interface DaemonOptions {
   config: Config;
   log: Logger;
   observer?: BrokerObserver;
+  /**
+   * Tests on the real kernel: the sim's fault rules applied in front of the
+   * backend (the sim applies its own, `daemon.sim.faults`, without this).
+   */
+  kernelFaults?: SimFaults;
+  /** Tests: this backend instead of the one the config names (e.g. a sim that outlives the daemon). */
+  kernel?: KernelBackend;
+  /** Tests: this fd store instead of systemd's. */
+  fdStore?: FdStore;
 }
 
-function createKernel(config: Config): { kernel: KernelBackend; sim: SimKernel | undefined } {
+function createKernel(config: Config, log: Logger): { kernel: KernelBackend; sim: SimKernel | undefined } {
   switch (config.backend) {
     case 'sim': {
       const sim = createSimKernel({
@@ -55,7 +75,7 @@ function createKernel(config: Config): { kernel: KernelBackend; sim: SimKernel |
       return { kernel: sim, sim };
     }
     case 'linux':
-      return { kernel: createLinuxKernel({ allowlist: config.linux.allowlist, selftestDevices: config.linux.selftestDevices }), sim: undefined };
+      return { kernel: createLinuxKernel({ allowlist: config.linux.allowlist, selftestDevices: config.linux.selftestDevices, log: log.child({ component: 'kernel' }) }), sim: undefined };
   }
 }
 
@@ -76,7 +96,7 @@ function combine(a: BrokerObserver, b: BrokerObserver | undefined): BrokerObserv
 export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   const { config, log } = options;
   const metrics = new BrokerMetrics(VERSION);
-  const { kernel, sim } = createKernel(config);
+  const { kernel, sim } = options.kernel ? { kernel: options.kernel, sim: options.kernel instanceof SimKernel ? options.kernel : undefined } : createKernel(config, log);
   let capabilities;
   try {
     capabilities = await kernel.probe();
@@ -94,8 +114,18 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     throw new StartupError(`config assignments: ${(err as Error).message}`);
   }
   log.info({ backend: capabilities.backend, release: capabilities.release, profile: capabilities.profile, devices: inventory.size }, 'kernel probed');
+  const notifier = SdNotifier.fromEnv();
+  let restart: RestartSetup | undefined;
+  if (config.restart.journalPath) {
+    try {
+      restart = await prepareRestart({ ...config.restart, kernel, inventory, log, notifier, fdStore: options.fdStore });
+    } catch (err) {
+      throw new StartupError(`restart journal ${config.restart.journalPath}: ${(err as Error).message}`);
+    }
+  }
+  const served = restart?.kernel ?? kernel;
   const broker = new Broker({
-    kernel: instrumentKernel(kernel, metrics.kernelCall),
+    kernel: instrumentKernel(options.kernelFaults ? injectKernelFaults(served, options.kernelFaults) : served, metrics.kernelCall),
     log,
     capabilities,
     inventory,
@@ -103,11 +133,24 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     observer: combine(metrics.observer, options.observer),
     quotas: new Quotas(config.quotas.default, config.quotas.tenants),
     handoff: { socketPath: handoffSocketPath(config), leaseMs: config.handoff.leaseSeconds * 1000 },
+    ...(restart ? { restart: restart.recorder, removeStored: (name: string) => restart.store.remove(name) } : {}),
   });
+  if (restart) broker.adoptRestored(restart.outcome);
   metrics.attachBroker(broker);
+  new Gauge({
+    name: 'vfio_broker_quarantined',
+    help: 'What the last restart could not reconcile with the kernel and keeps aside, by reason (see GetStatus).',
+    labelNames: ['reason'],
+    registers: [metrics.registry],
+    collect() {
+      const counts = broker.quarantine.countsByReason();
+      for (const reason of QUARANTINE_REASONS) this.set({ reason }, counts.get(reason) ?? 0);
+    },
+  });
 
   // Everything started so far is undone in reverse if a later step fails.
   const undo: (() => Promise<void>)[] = [() => kernel.shutdown()];
+  if (restart) undo.push(() => restart.journal.close());
   let audit: AuditSink = NO_AUDIT;
   let metricsServer: MetricsServer | undefined;
   let server: RunningServer;
@@ -150,7 +193,6 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     throw err;
   }
   metrics.ready.set(1);
-  const notifier = SdNotifier.fromEnv();
   notifier?.send(`READY=1\nSTATUS=serving on ${config.socket.path}\nMAINPID=${process.pid}`);
   notifier?.startWatchdog();
 
@@ -161,6 +203,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     sim,
     server,
     metrics,
+    restart,
     metricsAddress: metricsServer?.address,
     stop() {
       stopping ??= (async () => {
@@ -172,15 +215,25 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         // those finish first; their watch streams then end with a closed event.
         // No new fd handoffs for contexts about to be torn down.
         await handoff?.close();
-        await broker.shutdown(config.shutdown.teardownContexts);
+        const teardown = config.shutdown.teardownContexts;
+        await broker.shutdown(teardown);
         await server.stop(config.shutdown.drainSeconds * 1000);
         notifier?.stopWatchdog();
         await metricsServer?.close();
         await audit.close();
-        await kernel.shutdown();
-        log.info('stopped');
+        if (restart && teardown) await resetJournal(restart, config.restart.sync);
+        else await restart?.journal.close();
+        // Kept for the next daemon: the store's copies hold them, and closing ours would end them on the sim.
+        if (!restart || teardown) await kernel.shutdown();
+        log.info(restart && !teardown ? 'stopped; contexts left to the next start' : 'stopped');
       })();
       return stopping;
+    },
+    async abandon() {
+      await handoff?.close();
+      await server.stop(0);
+      await metricsServer?.close();
+      notifier?.stopWatchdog();
     },
   };
 }

@@ -14,6 +14,12 @@ export interface LoadResult {
   latencyUs: Distribution;
   /** Server CPU time per RPC in microseconds, when the server reported it. */
   serverCpuUsPerRpc?: number;
+  /**
+   * This (client) process's CPU time per RPC in microseconds. Client and
+   * server share the machine's cores, so a client that pays more per RPC
+   * (protobuf encode/decode, which the echo client skips) leaves less for the server.
+   */
+  clientCpuUsPerRpc: number;
 }
 
 export class LatencyRecorder {
@@ -46,6 +52,7 @@ export async function closedLoop(
   const rec = new LatencyRecorder(totalRpcs + rpcsPerIteration * concurrency);
   let claimed = 0;
   const cpu0 = serverCpu ? await serverCpu() : 0;
+  const client0 = process.cpuUsage();
   const t0 = performance.now();
   const worker = async (w: number) => {
     for (let k = 0; claimed < totalRpcs; k++) {
@@ -55,6 +62,7 @@ export async function closedLoop(
   };
   await Promise.all(Array.from({ length: concurrency }, (_, w) => worker(w)));
   const wallMs = performance.now() - t0;
+  const client = process.cpuUsage(client0);
   const cpu1 = serverCpu ? await serverCpu() : 0;
   const result: LoadResult = {
     concurrency,
@@ -62,6 +70,7 @@ export async function closedLoop(
     wallMs,
     rpcPerSec: rec.n / (wallMs / 1000),
     latencyUs: distribution(rec.samples, rec.n),
+    clientCpuUsPerRpc: (client.user + client.system) / rec.n,
   };
   if (serverCpu) result.serverCpuUsPerRpc = (cpu1 - cpu0) / rec.n;
   return result;

@@ -53,9 +53,20 @@ export interface SoakStats {
   expectedRefusals: number;
   unbinds: number;
   watchEvents: number;
+  /**
+   * Lease contexts the daemon reclaimed while their client was still using
+   * them, because more than the lease passed between two of its requests
+   * (a stalled machine). Checked per case: more than leaseSeconds between
+   * the previous request's start and the refusal, so the daemon's view of
+   * the gap was longer still; a shorter gap is an unexpected error instead.
+   */
+  leaseLapsed: number;
 }
 
 class Bail extends Error {}
+
+/** The lease ran out between requests that were more than the lease apart: the daemon did its job. */
+class Lapsed extends Bail {}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -79,8 +90,16 @@ export async function runClient(id: number, tenant: string, devices: readonly st
       message: note ?? (e.details || e.message || String(err)).slice(0, 300),
     });
   };
+  // When the current lifecycle's previous request started, and whether its context has a lease.
+  let lastStart = 0;
+  let leased = false;
+  /** A lease context gone after a gap longer than the lease (see SoakStats.leaseLapsed). */
+  const lapsed = (info: ReturnType<typeof errorInfoOf>, previousStart: number) =>
+    leased && info?.reason === 'CONTEXT_NOT_FOUND' && performance.now() - previousStart > shared.leaseSeconds * 1000;
   /** One RPC; an injected failure bails out of the lifecycle, anything else is recorded too. */
   async function rpc<T>(step: string, call: (c: BrokerClient) => Promise<T>): Promise<T> {
+    const previousStart = lastStart;
+    lastStart = performance.now();
     try {
       const value = await call(client);
       s.rpcsOk++;
@@ -88,12 +107,17 @@ export async function runClient(id: number, tenant: string, devices: readonly st
     } catch (err) {
       const info = errorInfoOf(err);
       if (info?.domain === 'vfio-broker' && shared.injectedErrnos.has(info.metadata['errno'] ?? '')) s.expectedInjected++;
-      else unexpected(step, err);
+      else if (lapsed(info, previousStart)) {
+        s.leaseLapsed++;
+        throw new Lapsed(step);
+      } else unexpected(step, err);
       throw new Bail(step);
     }
   }
   /** An RPC that must be refused with `reason` (an injected errno is accepted too). */
   async function refused(step: string, reason: string, call: (c: BrokerClient) => Promise<unknown>): Promise<void> {
+    const previousStart = lastStart;
+    lastStart = performance.now();
     try {
       await call(client);
       unexpected(step, new Error(`expected ${reason}, the call succeeded`));
@@ -101,7 +125,10 @@ export async function runClient(id: number, tenant: string, devices: readonly st
       const info = errorInfoOf(err);
       if (info?.reason === reason) s.expectedRefusals++;
       else if (info?.domain === 'vfio-broker' && shared.injectedErrnos.has(info.metadata['errno'] ?? '')) s.expectedInjected++;
-      else unexpected(step, err);
+      else if (lapsed(info, previousStart)) {
+        s.leaseLapsed++;
+        throw new Lapsed(step);
+      } else unexpected(step, err);
     }
   }
   const think = () => (shared.thinkMs > 0 ? sleep(shared.random() * 2 * shared.thinkMs) : Promise.resolve());
@@ -109,6 +136,8 @@ export async function runClient(id: number, tenant: string, devices: readonly st
   while (!shared.stopping()) {
     s.lifecycles++;
     const lease = shared.random() < shared.leaseRate;
+    leased = lease;
+    lastStart = 0;
     const abandonAt = shared.random() < shared.abandonRate ? 1 + Math.floor(shared.random() * 8) : -1;
     let contextId = '';
     let watch: grpc.ClientReadableStream<WatchContextResponse> | undefined;
@@ -132,6 +161,7 @@ export async function runClient(id: number, tenant: string, devices: readonly st
       throw new Bail('abandoned');
     };
     let abandoned = false;
+    let gone = false;
     try {
       contextId = (await rpc('OpenContext', (c) => c.openContext({ label: `soak-${id}`, leaseSeconds: lease ? shared.leaseSeconds : 0 }, meta()))).contextId;
       if (!lease) {
@@ -196,6 +226,8 @@ export async function runClient(id: number, tenant: string, devices: readonly st
     } catch (err) {
       if (!(err instanceof Bail)) unexpected('client', err);
       abandoned = err instanceof Bail && err.message === 'abandoned';
+      // The daemon already tore a lapsed context down: nothing to close.
+      gone = err instanceof Lapsed;
     }
     if (abandoned) {
       // The devices come back once the daemon reclaims the context.
@@ -206,7 +238,7 @@ export async function runClient(id: number, tenant: string, devices: readonly st
       }
       continue;
     }
-    if (contextId !== '') {
+    if (contextId !== '' && !gone) {
       try {
         const { teardown } = await client.closeContext({ contextId }, meta());
         s.rpcsOk++;

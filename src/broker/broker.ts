@@ -7,47 +7,26 @@ import type { KernelBackend, KernelCapabilities } from '../kernel/types.js';
 import { Context } from './context.js';
 import { BrokerError, kernelFailure } from './errors.js';
 import type { ObjectView, SequencedEvent, TeardownReason, TeardownReport } from './events.js';
+import type { BrokerOptions, Caller } from './broker-types.js';
 import { newContextId, type ContextId, type Handle, type TenantId } from './ids.js';
 import { Inventory, type DeviceView } from './inventory.js';
 import * as ops from './operations.js';
 import { runTeardown, type TeardownEnv, type TeardownScope } from './teardown.js';
-import { contextSummary, listViews, type ContextSummary } from './views.js';
+import { contextSummary, listViews, liveObjects, objectCounts, type ContextSummary } from './views.js';
 import { applyTopology, type TopologyResult, type TopologyStep } from './topology.js';
 import { DEFAULT_QUOTA, Quotas } from './quotas.js';
 import { Handoffs, localCaller, type Lease } from './handoff.js';
 import { mapMemory, pinnedAccount, requireMapFile, unmapMemory, type MapMemoryArgs } from './memory.js';
 import type { IoasMapping } from './objects.js';
+import { changeDriver } from './managed.js';
+import type { OpIntent, RestartRecorder } from './journal-recorder.js';
+import type { Quarantine } from './quarantine.js';
+import { adoptRestored, devicesOf, intentOf, newQuarantine, releaseQuarantined, topologyIntent } from './broker-restart.js';
+import type { RestoreOutcome } from './restore.js';
 
 export type { ContextSummary } from './views.js';
 
-export interface Caller {
-  tenant: TenantId;
-  admin: boolean;
-  /** Who is calling, for logs and audit (e.g. `uid=1000 pid=42`). */
-  peer: string;
-  /** Peer credentials of a Unix-socket caller (SO_PEERCRED); absent for mTLS callers. */
-  uid?: number | undefined;
-  gid?: number | undefined;
-  pid?: number | undefined;
-}
-
-export interface BrokerObserver {
-  queueWait?(seconds: number): void;
-  teardown?(report: TeardownReport): void;
-}
-
-export interface BrokerOptions {
-  kernel: KernelBackend;
-  log: Logger;
-  capabilities: KernelCapabilities;
-  inventory: Inventory;
-  /** How long a context with no watcher left survives before it is torn down. */
-  clientGoneGraceMs: number;
-  observer?: BrokerObserver;
-  quotas?: Quotas;
-  /** The fd socket clients redeem tokens on, and how long a token lives. */
-  handoff?: { socketPath: string; leaseMs: number };
-}
+export type { BrokerObserver, BrokerOptions, Caller } from './broker-types.js';
 
 export const MAX_LABEL_BYTES = 128;
 export const MAX_LEASE_SECONDS = 86_400;
@@ -62,8 +41,13 @@ export class Broker {
   readonly quotas: Quotas;
   /** fd-socket tokens; the rpc layer's handoff server redeems them here. */
   readonly handoffs: Handoffs;
+  /** What the last restart could not reconcile (quarantine.ts). */
+  readonly quarantine: Quarantine;
+  /** Contexts the last start restored from the journal. */
+  restoredContexts = 0;
   private readonly log: Logger;
   private readonly env: ops.OpEnv;
+  private readonly restart: RestartRecorder | undefined;
   private shuttingDown = false;
 
   constructor(private readonly options: BrokerOptions) {
@@ -81,6 +65,8 @@ export class Broker {
       kernel: options.kernel,
       contextOf: (id) => this.contexts.get(id),
     });
+    this.restart = options.restart;
+    this.quarantine = newQuarantine(options, this.log);
     this.env = {
       kernel: options.kernel,
       inventory: options.inventory,
@@ -101,26 +87,16 @@ export class Broker {
 
   /** Live objects by kind across all contexts (computed on demand, e.g. at scrape time). */
   objectCounts(): Map<string, number> {
-    const counts = new Map<string, number>();
-    for (const ctx of this.contexts.values()) {
-      for (const obj of ctx.registry.all()) {
-        if (obj.state === 'live') counts.set(obj.kind, (counts.get(obj.kind) ?? 0) + 1);
-      }
-    }
-    return counts;
+    return objectCounts(this.contexts.values());
   }
 
   get objectCount(): number {
-    let n = 0;
-    for (const ctx of this.contexts.values()) n += ctx.registry.liveCount;
-    return n;
+    return liveObjects(this.contexts.values());
   }
 
   /** Live objects across one tenant's contexts. */
   liveObjectsOf(tenant: TenantId): number {
-    let n = 0;
-    for (const ctx of this.byTenant.get(tenant) ?? []) n += ctx.registry.liveCount;
-    return n;
+    return liveObjects(this.byTenant.get(tenant) ?? []);
   }
 
   async openContext(caller: Caller, label: string, leaseSeconds: number): Promise<ContextId> {
@@ -140,11 +116,8 @@ export class Broker {
       throw kernelFailure(err, 'opening /dev/iommu', []);
     }
     const ctx = new Context(newContextId(), caller.tenant, label, leaseSeconds, iommufd, this.options.observer?.queueWait);
-    this.contexts.set(ctx.id, ctx);
-    let own = this.byTenant.get(ctx.tenant);
-    if (!own) this.byTenant.set(ctx.tenant, (own = new Set()));
-    own.add(ctx);
-    ctx.renewLease(() => this.onLeaseExpired(ctx));
+    this.register(ctx);
+    await this.restart?.opened(ctx);
     this.log.info({ contextId: ctx.id, tenant: caller.tenant, label }, 'context opened');
     return ctx.id;
   }
@@ -156,44 +129,46 @@ export class Broker {
 
   forceCloseContext(id: string, why: string): Promise<TeardownReport> {
     const ctx = this.contexts.get(id as ContextId);
+    // A context that did not come back from a restart: release what its quarantined entries hold.
+    if (!ctx && this.quarantine.hasContext(id)) return releaseQuarantined(this.quarantine, this.log, id, why);
     if (!ctx) throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: no context ${id}`, { field: 'context_id', contextId: id });
     this.log.warn({ contextId: ctx.id, tenant: ctx.tenant, why }, 'forced close');
     return ctx.executor.run(() => this.teardownContext(ctx, 'forced'));
   }
 
   bindDevice(caller: Caller, id: string, deviceId: string): Promise<ObjectView> {
-    return this.inContext(caller, id, (ctx) => ops.bindDevice(this.env, ctx, deviceId));
+    return this.mutate(caller, id, intentOf('bind', 1), (ctx) => ops.bindDevice(this.env, ctx, deviceId));
   }
 
   unbindDevice(caller: Caller, id: string, device: Handle): Promise<TeardownReport> {
-    return this.inContext(caller, id, async (ctx) => {
+    return this.mutate(caller, id, intentOf('unbind', 0, [device]), async (ctx) => {
       const obj = ctx.registry.resolve(device, ['DEVICE'], 'device');
       return this.teardown(ctx, { kind: 'device', device: obj }, 'unbind');
     });
   }
 
   attachDevice(caller: Caller, id: string, device: Handle, target: Handle) {
-    return this.inContext(caller, id, (ctx) => ops.attachDevice(this.env, ctx, device, target));
+    return this.mutate(caller, id, intentOf('attach', 1, [device]), (ctx) => ops.attachDevice(this.env, ctx, device, target));
   }
 
   detachDevice(caller: Caller, id: string, device: Handle) {
-    return this.inContext(caller, id, (ctx) => ops.detachDevice(this.env, ctx, device));
+    return this.mutate(caller, id, intentOf('detach', 0, [device]), (ctx) => ops.detachDevice(this.env, ctx, device));
   }
 
   allocIoas(caller: Caller, id: string): Promise<ObjectView> {
-    return this.inContext(caller, id, (ctx) => ops.allocIoas(this.env, ctx));
+    return this.mutate(caller, id, intentOf('alloc_ioas', 1), (ctx) => ops.allocIoas(this.env, ctx));
   }
 
   allocHwpt(caller: Caller, id: string, args: ops.AllocHwptArgs): Promise<ObjectView> {
-    return this.inContext(caller, id, (ctx) => ops.allocHwpt(this.env, ctx, args));
+    return this.mutate(caller, id, intentOf('alloc_hwpt', 1), (ctx) => ops.allocHwpt(this.env, ctx, args));
   }
 
   allocViommu(caller: Caller, id: string, device: Handle, nestParent: Handle, type: ops.ViommuType | undefined): Promise<ObjectView> {
-    return this.inContext(caller, id, (ctx) => ops.allocViommu(this.env, ctx, device, nestParent, type));
+    return this.mutate(caller, id, intentOf('alloc_viommu', 1), (ctx) => ops.allocViommu(this.env, ctx, device, nestParent, type));
   }
 
   allocVdevice(caller: Caller, id: string, viommu: Handle, device: Handle, virtId: bigint): Promise<ObjectView> {
-    return this.inContext(caller, id, (ctx) => ops.allocVdevice(this.env, ctx, viommu, device, virtId));
+    return this.mutate(caller, id, intentOf('alloc_vdevice', 1), (ctx) => ops.allocVdevice(this.env, ctx, viommu, device, virtId));
   }
 
   /** A one-time token for the bound device's fd, redeemable on the fd socket by this caller's process only. */
@@ -215,14 +190,21 @@ export class Broker {
   }
 
   mapMemory(caller: Caller, id: string, args: MapMemoryArgs): Promise<IoasMapping> {
-    return this.inContext(caller, id, async (ctx) => {
-      requireMapFile(this.capabilities);
-      return mapMemory(this.env, ctx, args);
-    });
+    // Mappings are not registry changes: `also` tells the journal the IOAS changed.
+    return this.mutate(
+      caller,
+      id,
+      intentOf('map', 0, [args.ioas]),
+      async (ctx) => {
+        requireMapFile(this.capabilities);
+        return mapMemory(this.env, ctx, args);
+      },
+      [args.ioas],
+    );
   }
 
   unmapMemory(caller: Caller, id: string, ioas: Handle, iova: bigint, length: bigint): Promise<bigint> {
-    return this.inContext(caller, id, (ctx) => unmapMemory(this.env, ctx, ioas, iova, length));
+    return this.mutate(caller, id, intentOf('unmap', 0, [ioas]), (ctx) => unmapMemory(this.env, ctx, ioas, iova, length), [ioas]);
   }
 
   /**
@@ -238,7 +220,7 @@ export class Broker {
       const obj = [...ctx.registry.liveOfKind('DEVICE')].find((d) => d.deviceId === device.id);
       if (!obj || ctx.state !== 'open') return undefined;
       this.log.warn({ contextId: ctx.id, deviceId: device.id }, 'host requested the device back: tearing it down');
-      const report = await this.teardown(ctx, { kind: 'device', device: obj }, 'device_request');
+      const report = await this.journaled(ctx, { op: 'device_request', unsure: [obj.handle], creates: 0 }, () => this.teardown(ctx, { kind: 'device', device: obj }, 'device_request'));
       ctx.emit({ type: 'device_removed', device: obj.handle, deviceId: device.id });
       return report;
     });
@@ -246,11 +228,11 @@ export class Broker {
 
   /** A whole device graph in one request; all steps or none (topology.ts). */
   applyTopology(caller: Caller, id: string, steps: readonly TopologyStep[]): Promise<TopologyResult[]> {
-    return this.inContext(caller, id, (ctx) => applyTopology(this.env, ctx, steps));
+    return this.mutate(caller, id, () => topologyIntent(steps), (ctx) => applyTopology(this.env, ctx, steps));
   }
 
   destroyObject(caller: Caller, id: string, handle: Handle): Promise<void> {
-    return this.inContext(caller, id, (ctx) => ops.destroyObject(this.env, ctx, handle));
+    return this.mutate(caller, id, intentOf('destroy', 0), (ctx) => ops.destroyObject(this.env, ctx, handle));
   }
 
   getHwInfo(caller: Caller, id: string, device: Handle) {
@@ -291,41 +273,25 @@ export class Broker {
   assignDevice(deviceId: string, tenant: TenantId): DeviceView {
     const device = this.inventory.resolve(deviceId, 'device_id');
     this.inventory.assign(device, tenant);
+    this.restart?.assigned(device.id, tenant);
     this.log.info({ deviceId: device.id, tenant }, 'device assigned');
     return this.inventory.view(device);
   }
 
   /** Managed device: hands it to vfio-pci so it can be bound (libvirt's managed hostdevs). */
   prepareDevice(deviceId: string): Promise<DeviceView> {
-    return this.changeDriver(deviceId, 'prepare');
+    return changeDriver(this.kernel, this.inventory, this.log, deviceId, 'prepare');
   }
 
   /** Gives a managed device back to the driver it had; refused while bound. */
   releaseDevice(deviceId: string): Promise<DeviceView> {
-    return this.changeDriver(deviceId, 'release');
-  }
-
-  private async changeDriver(deviceId: string, how: 'prepare' | 'release'): Promise<DeviceView> {
-    const device = this.inventory.resolve(deviceId, 'device_id');
-    const call = how === 'prepare' ? this.kernel.prepareDevice : this.kernel.releaseDevice;
-    if (!call) throw new BrokerError('KERNEL_UNSUPPORTED', `the ${this.kernel.name} backend cannot change device drivers`, { deviceId: device.id });
-    if (device.boundTo) {
-      throw new BrokerError('DEVICE_BUSY', `device ${device.id} is bound in context ${device.boundTo}; unbind it first`, { deviceId: device.id });
-    }
-    let pci;
-    try {
-      pci = await call.call(this.kernel, device.id);
-    } catch (err) {
-      throw new BrokerError('DEVICE_BUSY', `${how === 'prepare' ? 'preparing' : 'releasing'} ${device.id}: ${(err as Error).message}`, { deviceId: device.id });
-    }
-    device.pci = pci ?? (await this.kernel.listPciFunctions()).find((f) => f.bdf === device.id) ?? device.pci;
-    this.log.info({ deviceId: device.id, driver: device.pci.driver, cdev: device.pci.cdev }, how === 'prepare' ? 'device prepared for VFIO' : 'device released to its driver');
-    return this.inventory.view(device);
+    return changeDriver(this.kernel, this.inventory, this.log, deviceId, 'release');
   }
 
   unassignDevice(deviceId: string): DeviceView {
     const device = this.inventory.resolve(deviceId, 'device_id');
     this.inventory.unassign(device);
+    this.restart?.assigned(device.id, null);
     this.log.info({ deviceId: device.id }, 'device unassigned');
     return this.inventory.view(device);
   }
@@ -340,6 +306,7 @@ export class Broker {
     const contexts = [...this.contexts.values()];
     if (teardownAll) {
       await Promise.all(contexts.map((ctx) => ctx.executor.run(() => this.teardownContext(ctx, 'forced'))));
+      await this.quarantine.releaseAll();
     }
     for (const ctx of contexts) ctx.stopTimers();
     this.handoffs.close();
@@ -359,6 +326,22 @@ export class Broker {
     }
     ctx.renewLease(() => this.onLeaseExpired(ctx));
     return ctx;
+  }
+
+  /** A request that changes kernel state: journaled around its kernel calls when restart is configured. */
+  private mutate<T>(caller: Caller, id: string, intent: (ctx: Context) => OpIntent, task: (ctx: Context) => Promise<T>, also: readonly Handle[] = []): Promise<T> {
+    return this.inContext(caller, id, (ctx) => this.journaled(ctx, intent(ctx), () => task(ctx), also));
+  }
+
+  private async journaled<T>(ctx: Context, intent: OpIntent, task: () => Promise<T>, also: readonly Handle[] = []): Promise<T> {
+    const restart = this.restart;
+    if (!restart) return task();
+    restart.before(ctx, intent);
+    try {
+      return await task();
+    } finally {
+      await restart.after(ctx, also);
+    }
   }
 
   private inContext<T>(caller: Caller, id: string, task: (ctx: Context) => Promise<T>): Promise<T> {
@@ -408,8 +391,20 @@ export class Broker {
     ctx.state = 'closing';
     ctx.stopTimers();
     try {
+      // Teardown always runs: a journal that cannot record it does not stop it.
+      this.restart?.before(ctx, { op: `close:${reason}`, unsure: devicesOf(ctx), creates: 0 });
+    } catch (err) {
+      this.log.error({ err, contextId: ctx.id }, 'tearing a context down without a journal record');
+    }
+    try {
       return await this.teardown(ctx, { kind: 'context' }, reason);
     } finally {
+      // What a restart quarantined in this context goes with it.
+      await this.quarantine.releaseContext(ctx.id);
+      if (this.restart) {
+        ctx.registry.changed = undefined;
+        await this.restart.closed(ctx);
+      }
       // Closing the iommufd unmapped everything, whatever teardown managed before.
       this.env.pinned.release(ctx, ctx.pinnedBytes);
       this.handoffs.dropContext(ctx.id);
@@ -420,6 +415,26 @@ export class Broker {
       if (own?.size === 0) this.byTenant.delete(ctx.tenant);
       ctx.emit({ type: 'closed', reason });
     }
+  }
+
+  private register(ctx: Context): void {
+    this.contexts.set(ctx.id, ctx);
+    let own = this.byTenant.get(ctx.tenant);
+    if (!own) this.byTenant.set(ctx.tenant, (own = new Set()));
+    own.add(ctx);
+    ctx.renewLease(() => this.onLeaseExpired(ctx));
+  }
+
+  /** Serves what a restart reconciled (restore.ts): same context IDs, same handles; the rest is quarantined. */
+  adoptRestored(outcome: RestoreOutcome): void {
+    adoptRestored(outcome, {
+      register: (ctx) => this.register(ctx),
+      inventory: this.inventory,
+      quarantine: this.quarantine,
+      quotas: this.quotas,
+      queueWait: this.options.observer?.queueWait,
+    });
+    this.restoredContexts = outcome.contexts.length;
   }
 
   private onAbandoned(ctx: Context): void {

@@ -165,7 +165,7 @@ export class Handoffs {
       if (ctx.state !== 'open') return gone(`context ${lease.contextId} was closed`);
       if (obj?.kind !== 'DEVICE' || obj.state !== 'live') return gone(`DEVICE ${lease.device} was unbound`);
       const fd = this.options.kernel.osFd?.(obj.file);
-      if (fd === undefined) return { result: 'failed', message: `the ${this.options.kernel.name} backend cannot hand out device fds`, lease };
+      if (fd === undefined) return { result: 'failed', message: `DEVICE ${lease.device} (${obj.deviceId}) has no fd the ${this.options.kernel.name} backend can hand out`, lease };
       await send(fd, lease);
       return { result: 'sent', message: `DEVICE ${lease.device} (${obj.deviceId})`, lease };
     });

@@ -15,6 +15,8 @@ export class Registry {
   private readonly byKernelId = new Map<KernelObjectId, Handle>();
   private lastHandle = 0;
   private live = 0;
+  /** Handles changed since the restart journal last looked (journal-recorder.ts); undefined when not journaling. */
+  changed: Set<Handle> | undefined;
 
   constructor(readonly contextId: ContextId) {}
 
@@ -23,11 +25,17 @@ export class Registry {
     return ++this.lastHandle as Handle;
   }
 
+  /** The last handle handed out (the restart journal keeps it so handles stay unique across restarts). */
+  get lastIssued(): number {
+    return this.lastHandle;
+  }
+
   get liveCount(): number {
     return this.live;
   }
 
   add(obj: BrokerObject): void {
+    this.changed?.add(obj.handle);
     this.objects.set(obj.handle, obj);
     this.byKernelId.set(obj.kernelId, obj.handle);
     this.live++;
@@ -38,6 +46,7 @@ export class Registry {
   remove(handle: Handle): void {
     const obj = this.objects.get(handle);
     if (!obj) return;
+    this.changed?.add(handle);
     this.dropReferences(obj);
     this.objects.delete(handle);
     this.heldBy.delete(handle);
@@ -50,11 +59,13 @@ export class Registry {
   tombstone(handle: Handle): void {
     const obj = this.objects.get(handle);
     if (!obj || obj.state === 'tombstoned') return;
+    this.changed?.add(handle);
     this.dropReferences(obj);
     obj.state = 'tombstoned';
   }
 
   setAttachment(device: DeviceObject, hwpt: Handle | undefined): void {
+    this.changed?.add(device.handle);
     if (device.attached !== undefined) this.removeHolder(device.attached, device.handle);
     device.attached = hwpt;
     if (hwpt !== undefined) this.addHolder(hwpt, device.handle);

@@ -67,3 +67,20 @@ export function contextSummary(ctx: Context): ContextSummary {
     queued: ctx.executor.depth,
   };
 }
+
+/** Live objects by kind across `contexts` (computed on demand, e.g. at scrape time). */
+export function objectCounts(contexts: Iterable<Context>): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const ctx of contexts) {
+    for (const obj of ctx.registry.all()) {
+      if (obj.state === 'live') counts.set(obj.kind, (counts.get(obj.kind) ?? 0) + 1);
+    }
+  }
+  return counts;
+}
+
+export function liveObjects(contexts: Iterable<Context>): number {
+  let n = 0;
+  for (const ctx of contexts) n += ctx.registry.liveCount;
+  return n;
+}

@@ -55,6 +55,12 @@ export interface Config {
    * next to socket.path, see handoffSocketPath) and how long a token lives.
    */
   handoff: { socketPath: string | undefined; leaseSeconds: number };
+  /**
+   * Restart without teardown: the journal of contexts and objects (empty to
+   * disable; default: `journal` in systemd's $STATE_DIRECTORY when set) and how
+   * it is flushed. The files themselves survive in systemd's fd store.
+   */
+  restart: { journalPath: string; sync: 'fdatasync' | 'none' };
 }
 
 /** The fd socket's path: the configured one, else `broker.sock` → `broker-fd.sock` beside the gRPC socket. */
@@ -83,6 +89,12 @@ export function defaultAuditPath(): string {
   return path.join(state, 'vfio-broker', 'audit.log');
 }
 
+/** The journal in systemd's StateDirectory= ($STATE_DIRECTORY, first entry), else none. */
+export function defaultJournalPath(env: NodeJS.ProcessEnv = process.env): string {
+  const dir = env['STATE_DIRECTORY']?.split(':')[0];
+  return dir ? path.join(dir, 'journal') : '';
+}
+
 export const DEFAULT_METRICS_ADDRESS = '127.0.0.1:9473';
 
 export function defaultConfig(): Config {
@@ -101,6 +113,7 @@ export function defaultConfig(): Config {
     metrics: { address: DEFAULT_METRICS_ADDRESS },
     audit: { path: defaultAuditPath(), sync: 'fdatasync' },
     handoff: { socketPath: undefined, leaseSeconds: 10 },
+    restart: { journalPath: defaultJournalPath(), sync: 'fdatasync' },
   };
 }
 
@@ -163,7 +176,7 @@ function simDevice(v: unknown, at: string): SimDeviceConfig {
 
 export function parseConfig(raw: unknown, source: string): Config {
   const cfg = defaultConfig();
-  const top = object(raw, source, ['backend', 'socket', 'sim', 'linux', 'assignments', 'identity', 'tcp', 'quotas', 'teardown', 'shutdown', 'log', 'metrics', 'audit', 'handoff']);
+  const top = object(raw, source, ['backend', 'socket', 'sim', 'linux', 'assignments', 'identity', 'tcp', 'quotas', 'teardown', 'shutdown', 'log', 'metrics', 'audit', 'handoff', 'restart']);
   if (top['backend'] !== undefined) cfg.backend = oneOf(top['backend'], 'backend', ['sim', 'linux'] as const);
   if (top['socket'] !== undefined) {
     const s = object(top['socket'], 'socket', ['path', 'mode', 'gid']);
@@ -259,6 +272,17 @@ export function parseConfig(raw: unknown, source: string): Config {
     const h = object(top['handoff'], 'handoff', ['socketPath', 'leaseSeconds']);
     if (h['socketPath'] !== undefined) cfg.handoff.socketPath = str(h['socketPath'], 'handoff.socketPath');
     if (h['leaseSeconds'] !== undefined) cfg.handoff.leaseSeconds = num(h['leaseSeconds'], 'handoff.leaseSeconds', 0.001, 3600);
+  }
+  if (top['restart'] !== undefined) {
+    const r = object(top['restart'], 'restart', ['journalPath', 'sync']);
+    if (r['journalPath'] !== undefined) {
+      const p = r['journalPath'];
+      if (typeof p !== 'string' || (p !== '' && (!path.isAbsolute(p) || p.endsWith('/')))) {
+        throw new ConfigError('restart.journalPath: expected an absolute file path, or "" to disable restart without teardown');
+      }
+      cfg.restart.journalPath = p;
+    }
+    if (r['sync'] !== undefined) cfg.restart.sync = oneOf(r['sync'], 'restart.sync', ['fdatasync', 'none'] as const);
   }
   return cfg;
 }

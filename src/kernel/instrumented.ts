@@ -1,27 +1,16 @@
 /**
- * A KernelBackend decorator that reports every kernel call's duration and
- * result (errno name or `ok`), for metrics. It adds one closure call and two
- * clock reads per call, nothing else.
+ * KernelBackend decorators. `interceptKernel` routes every kernel call
+ * through one `around` function that knows the call's KernelOp; metrics
+ * (`instrumentKernel`) and test-time fault injection (`injectKernelFaults`)
+ * are built on it, so the list of calls is written once.
  */
+import type { SimFaults } from './sim/faults.js';
 import { KernelError, type DeviceFile, type KernelBackend, type KernelOp } from './types.js';
 
-export type KernelCallObserver = (op: KernelOp, seconds: number, result: string) => void;
+/** Runs `call` (the backend's own method) for kernel call `op`; may observe, delay or refuse it. */
+export type KernelCallAround = <R>(op: KernelOp, call: () => Promise<R>) => Promise<R>;
 
-function timed<A extends unknown[], R>(op: KernelOp, observe: KernelCallObserver, fn: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
-  return async (...args: A) => {
-    const start = process.hrtime.bigint();
-    try {
-      const value = await fn(...args);
-      observe(op, Number(process.hrtime.bigint() - start) / 1e9, 'ok');
-      return value;
-    } catch (err) {
-      observe(op, Number(process.hrtime.bigint() - start) / 1e9, err instanceof KernelError ? err.errno : 'exception');
-      throw err;
-    }
-  };
-}
-
-export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObserver): KernelBackend {
+export function interceptKernel(kernel: KernelBackend, around: KernelCallAround): KernelBackend {
   return {
     name: kernel.name,
     probe: () => kernel.probe(),
@@ -32,20 +21,54 @@ export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObser
     ...(kernel.onDeviceRequest ? { onDeviceRequest: (l: (bdf: string) => void) => kernel.onDeviceRequest!(l) } : {}),
     // Not a kernel call: a lookup of the fd the backend holds.
     ...(kernel.osFd ? { osFd: (f: DeviceFile) => kernel.osFd!(f) } : {}),
-    openIommufd: timed('open_iommufd', observe, () => kernel.openIommufd()),
-    closeIommufd: timed('close_iommufd', observe, (f) => kernel.closeIommufd(f)),
-    openDevice: timed('open_device', observe, (cdev) => kernel.openDevice(cdev)),
-    closeDevice: timed('close_device', observe, (f) => kernel.closeDevice(f)),
-    bindIommufd: timed('bind_iommufd', observe, (d, i) => kernel.bindIommufd(d, i)),
-    attachPt: timed('attach_pt', observe, (d, pt) => kernel.attachPt(d, pt)),
-    detachPt: timed('detach_pt', observe, (d) => kernel.detachPt(d)),
-    destroy: timed('destroy', observe, (i, id) => kernel.destroy(i, id)),
-    ioasAlloc: timed('ioas_alloc', observe, (i) => kernel.ioasAlloc(i)),
-    hwptAlloc: timed('hwpt_alloc', observe, (i, a) => kernel.hwptAlloc(i, a)),
-    viommuAlloc: timed('viommu_alloc', observe, (i, a) => kernel.viommuAlloc(i, a)),
-    vdeviceAlloc: timed('vdevice_alloc', observe, (i, a) => kernel.vdeviceAlloc(i, a)),
-    getHwInfo: timed('get_hw_info', observe, (i, d) => kernel.getHwInfo(i, d)),
-    ioasMapFile: timed('ioas_map_file', observe, (i, a) => kernel.ioasMapFile(i, a)),
-    ioasUnmap: timed('ioas_unmap', observe, (i, id, iova, length) => kernel.ioasUnmap(i, id, iova, length)),
+    openIommufd: () => around('open_iommufd', () => kernel.openIommufd()),
+    closeIommufd: (f) => around('close_iommufd', () => kernel.closeIommufd(f)),
+    openDevice: (cdev) => around('open_device', () => kernel.openDevice(cdev)),
+    closeDevice: (f) => around('close_device', () => kernel.closeDevice(f)),
+    bindIommufd: (d, i) => around('bind_iommufd', () => kernel.bindIommufd(d, i)),
+    attachPt: (d, pt) => around('attach_pt', () => kernel.attachPt(d, pt)),
+    detachPt: (d) => around('detach_pt', () => kernel.detachPt(d)),
+    destroy: (i, id) => around('destroy', () => kernel.destroy(i, id)),
+    ioasAlloc: (i) => around('ioas_alloc', () => kernel.ioasAlloc(i)),
+    hwptAlloc: (i, a) => around('hwpt_alloc', () => kernel.hwptAlloc(i, a)),
+    viommuAlloc: (i, a) => around('viommu_alloc', () => kernel.viommuAlloc(i, a)),
+    vdeviceAlloc: (i, a) => around('vdevice_alloc', () => kernel.vdeviceAlloc(i, a)),
+    getHwInfo: (i, d) => around('get_hw_info', () => kernel.getHwInfo(i, d)),
+    ioasMapFile: (i, a) => around('ioas_map_file', () => kernel.ioasMapFile(i, a)),
+    ioasUnmap: (i, id, iova, length) => around('ioas_unmap', () => kernel.ioasUnmap(i, id, iova, length)),
   };
+}
+
+export type KernelCallObserver = (op: KernelOp, seconds: number, result: string) => void;
+
+/** Reports every kernel call's duration and result (errno name or `ok`) for metrics: two clock reads per call. */
+export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObserver): KernelBackend {
+  return interceptKernel(kernel, async (op, call) => {
+    const start = process.hrtime.bigint();
+    try {
+      const value = await call();
+      observe(op, Number(process.hrtime.bigint() - start) / 1e9, 'ok');
+      return value;
+    } catch (err) {
+      observe(op, Number(process.hrtime.bigint() - start) / 1e9, err instanceof KernelError ? err.errno : 'exception');
+      throw err;
+    }
+  });
+}
+
+/**
+ * The sim's fault rules (failNth, failRandomly, setLatency) in front of any
+ * backend, for tests on the real kernel: an injected failure happens before
+ * the call reaches the backend, so the kernel never sees it, exactly like the
+ * sim's syscall-entry failures. What the kernel then does with the calls
+ * that do reach it is its own behaviour, which is the point on a real kernel.
+ */
+export function injectKernelFaults(kernel: KernelBackend, faults: SimFaults): KernelBackend {
+  return interceptKernel(kernel, async (op, call) => {
+    const delay = faults.latencyOf(op);
+    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+    const errno = faults.onCall(op);
+    if (errno !== undefined) throw new KernelError(errno, op, 'injected fault');
+    return call();
+  });
 }

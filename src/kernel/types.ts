@@ -46,7 +46,10 @@ export type KernelOp =
   | 'ioas_unmap'
   | 'ioas_iova_ranges'
   | 'device_get_info'
-  | 'device_reset';
+  | 'device_reset'
+  | 'adopt_file'
+  | 'hwpt_get_dirty_bitmap'
+  | 'hwpt_invalidate';
 
 export const KERNEL_OPS: readonly KernelOp[] = [
   'open_iommufd',
@@ -69,6 +72,13 @@ export const KERNEL_OPS: readonly KernelOp[] = [
   'device_get_info',
   'device_reset',
 ];
+
+/**
+ * Kernel calls of the restart reconcile (adoptFile, lookupProbe), left out of
+ * KERNEL_OPS: they run once at start on the bare backend, before the broker
+ * and its decorators (metrics, fault injection) exist.
+ */
+export const RESTART_OPS: readonly KernelOp[] = ['adopt_file', 'hwpt_get_dirty_bitmap', 'hwpt_invalidate'];
 
 export class KernelError extends Error {
   override readonly name = 'KernelError';
@@ -179,6 +189,18 @@ export interface KernelCapabilities {
   selftest: boolean;
 }
 
+/**
+ * A lookup ioctl sent with arguments that make it read-only, to learn whether
+ * an object ID is still alive at restart (object-probe.ts says which per
+ * type, and why). `dataType` is HWPT_INVALIDATE's `data_type`.
+ */
+export type LookupIoctl = 'IOMMU_IOAS_IOVA_RANGES' | 'IOMMU_GET_HW_INFO' | 'IOMMU_HWPT_GET_DIRTY_BITMAP' | 'IOMMU_HWPT_INVALIDATE';
+export interface LookupProbe {
+  ioctl: LookupIoctl;
+  id: KernelObjectId;
+  dataType?: number;
+}
+
 export interface KernelBackend {
   readonly name: 'sim' | 'linux';
   probe(): Promise<KernelCapabilities>;
@@ -234,6 +256,24 @@ export interface KernelBackend {
    * is closed the kernel blocks that unbind (kernel-uapi.md §4.5).
    */
   onDeviceRequest?(listener: (bdf: string) => void): void;
+
+  // ---- Restart without teardown (src/broker/restore.ts) ----
+
+  /**
+   * The OS fd behind an open file, for the service manager's fd store: the
+   * store's copy keeps the kernel file (and every VM's DMA) alive while the
+   * daemon restarts. linux: the fd itself; sim: a memfd standing in for it.
+   */
+  storeFd?(file: IommufdFile | DeviceFile): number | undefined;
+  /**
+   * Takes over an fd handed back at restart (LISTEN_FDS): an iommufd or a
+   * VFIO device cdev; anything else is EBADF. The backend owns it from then on.
+   */
+  adoptFile?(fd: number): Promise<IommufdFile | DeviceFile>;
+  /** One read-only lookup (object-probe.ts): resolves when the kernel answers 0, rejects with its errno. */
+  lookupProbe?(iommufd: IommufdFile, probe: LookupProbe): Promise<void>;
+  /** VFIO_DEVICE_GET_INFO: true when the device file is bound, false on EINVAL (unbound, §3.15). */
+  deviceBound?(device: DeviceFile): Promise<boolean>;
 
   /** Releases everything the backend holds (used at daemon exit and in tests). */
   shutdown(): Promise<void>;

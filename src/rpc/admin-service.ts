@@ -79,6 +79,17 @@ export function adminServiceImpl(broker: Broker): ServiceImpl<MethodsOf<typeof A
         objects: broker.objectCount,
         devices: broker.inventory.size,
         startedAt: timestampFromDate(broker.startedAt),
+        quarantined: broker.quarantine.list().map((q) => ({
+          reason: q.reason,
+          detail: q.detail,
+          contextId: q.contextId ?? '',
+          tenant: q.tenant ?? '',
+          handle: BigInt(q.handle ?? 0),
+          kind: q.kind ?? '',
+          kernelId: q.kernelId ?? 0,
+          fdName: q.fdName ?? '',
+        })),
+        restoredContexts: broker.restoredContexts,
       };
     },
   };

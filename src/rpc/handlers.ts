@@ -3,7 +3,7 @@
  * request ID, error mapping, and the handled-call hook for metrics. Nothing
  * thrown by a handler escapes it.
  */
-import { create, fromBinary, type DescMessage, type DescMethod, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
+import { create, type DescMessage, type DescMethod, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
@@ -11,11 +11,13 @@ import type { Logger } from 'pino';
 import type { Caller } from '../broker/broker.js';
 import { BrokerError } from '../broker/errors.js';
 import { toServiceError } from './errors.js';
+import { certainlyValid } from './fast-validate.js';
 import { validationError } from './validation.js';
 import { errorInfoOf } from './status.js';
 import type { AuditRecord, AuditSink } from '../obs/audit.js';
 import { auditFields, isMutating } from './audit-fields.js';
 import type { IdentityResolver } from './identity.js';
+import { decodeMessage } from './wire-decode.js';
 
 export interface CallContext {
   caller: Caller;
@@ -73,46 +75,57 @@ export type ServiceImpl<S extends GenServiceMethods> = {
 function decode(method: DescMethod, body: unknown): MessageShape<DescMessage> {
   let message: MessageShape<DescMessage>;
   try {
-    message = fromBinary(method.input, body as Uint8Array);
+    message = decodeMessage(method.input, body as Uint8Array);
   } catch (err) {
     throw new BrokerError('MALFORMED_REQUEST', `the request body is not a valid ${method.input.typeName}: ${(err as Error).message.slice(0, 120)}`);
   }
-  // The buf.validate rules in the proto, enforced before any handler runs.
-  const invalid = validationError(method.input, message);
-  if (invalid) throw invalid;
+  // The buf.validate rules in the proto, enforced before any handler runs; protovalidate
+  // decides (and words the refusal) whenever the compiled pass is not certain.
+  if (!certainlyValid(method.input, message)) {
+    const invalid = validationError(method.input, message);
+    if (invalid) throw invalid;
+  }
   return message;
 }
 
-function elapsed(start: bigint): number {
-  return Number(process.hrtime.bigint() - start) / 1e9;
+function elapsedSeconds(start: number): number {
+  return (performance.now() - start) / 1000;
 }
 
-function callContext(env: HandlerEnv, method: DescMethod, call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): CallContext {
-  // grpc-js also emits 'cancelled' after a normal end. Aborting a signal builds a
-  // DOMException with a stack trace, so the controller exists only once a handler
-  // asks for the signal (WatchContext does; unary handlers do not).
-  let controller: AbortController | undefined;
-  let gone = false;
-  call.on('cancelled', () => {
-    gone = true;
-    controller?.abort();
-  });
-  const caller = env.identity.resolve(call);
-  // A child logger per request is built on first use: most requests never log.
-  let log: Logger | undefined;
-  return {
-    caller,
-    get log() {
-      return (log ??= env.log.child({ requestId: randomUUID(), method: method.name, tenant: caller.tenant }));
-    },
-    get signal() {
-      if (!controller) {
-        controller = new AbortController();
-        if (gone) controller.abort();
-      }
-      return controller.signal;
-    },
-  };
+/**
+ * What a handler sees of its call. Built once per request with no closures:
+ * the child logger and the abort signal are made on first use, since most
+ * requests never log and only WatchContext listens for cancellation (an
+ * aborted signal builds a DOMException with a stack trace).
+ */
+class RequestContext implements CallContext {
+  private logger: Logger | undefined;
+  private controller: AbortController | undefined;
+
+  constructor(
+    readonly caller: Caller,
+    private readonly base: Logger,
+    private readonly method: string,
+    private readonly call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
+  ) {}
+
+  get log(): Logger {
+    return (this.logger ??= this.base.child({ requestId: randomUUID(), method: this.method, tenant: this.caller.tenant }));
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      const controller = (this.controller = new AbortController());
+      // grpc-js sets `cancelled` before it emits 'cancelled' (also after a normal end; callers ignore it once done).
+      if (this.call.cancelled) controller.abort();
+      else this.call.once('cancelled', () => controller.abort());
+    }
+    return this.controller.signal;
+  }
+}
+
+function callContext(env: HandlerEnv, method: DescMethod, call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): RequestContext {
+  return new RequestContext(env.identity.resolve(call), env.log, method.name, call);
 }
 
 export function grpcHandlers<S extends GenServiceMethods>(
@@ -126,21 +139,20 @@ export function grpcHandlers<S extends GenServiceMethods>(
     const name = `${service.name}/${method.name}`;
     if (method.methodKind === 'unary') {
       const unary = fn as UnaryImpl<DescMessage, DescMessage>;
+      const mutating = isMutating(method) && env.audit !== undefined;
       handlers[method.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-        const start = process.hrtime.bigint();
+        const start = performance.now();
         let request: MessageShape<DescMessage> | undefined;
-        const mutating = isMutating(method) && env.audit !== undefined;
-        let ctx: CallContext | undefined;
+        let ctx: RequestContext | undefined;
         const logOf = () => ctx?.log ?? env.log;
-        let who = { tenant: '', peer: call.getPeer() };
         const record = (result: 'ok' | 'error', code: grpc.status, response?: MessageShape<DescMessage>, err?: grpc.ServiceError) => {
-          if (!mutating) return Promise.resolve();
           const info = err ? errorInfoOf(err) : undefined;
           const objects = { ...(request ? auditFields(method.input, request) : {}), ...(response ? auditFields(method.output, response, 'out.') : {}) };
           const contextId = objects['context_id'];
           delete objects['context_id'];
           return audit(env, logOf(), {
-            ...who,
+            tenant: ctx ? ctx.caller.tenant : '',
+            peer: ctx ? ctx.caller.peer : call.getPeer(),
             operation: name,
             ...(contextId ? { contextId } : {}),
             objects,
@@ -154,19 +166,26 @@ export function grpcHandlers<S extends GenServiceMethods>(
           const status = toServiceError(err);
           if (status.code === grpc.status.INTERNAL) logOf().error({ err }, 'request failed');
           else if (logOf().isLevelEnabled('debug')) logOf().debug({ code: grpc.status[status.code], message: status.details }, 'request refused');
-          void record('error', status.code, undefined, status).then(() => {
-            env.onHandled?.(name, status.code, elapsed(start));
+          const answer = () => {
+            env.onHandled?.(name, status.code, elapsedSeconds(start));
             callback(status);
-          });
+          };
+          if (mutating) void record('error', status.code, undefined, status).then(answer);
+          else answer();
         };
         try {
           ctx = callContext(env, method, call);
-          who = { tenant: ctx.caller.tenant, peer: ctx.caller.peer };
           request = decode(method, call.request);
           unary(request, ctx).then((result) => {
+            // The audit line needs the full message; otherwise the serializer encodes the init shape as it is.
+            if (!mutating) {
+              env.onHandled?.(name, grpc.status.OK, elapsedSeconds(start));
+              callback(null, result);
+              return;
+            }
             const response = create(method.output, result);
             void record('ok', grpc.status.OK, response).then(() => {
-              env.onHandled?.(name, grpc.status.OK, elapsed(start));
+              env.onHandled?.(name, grpc.status.OK, elapsedSeconds(start));
               callback(null, response);
             });
           }, fail);
@@ -177,17 +196,17 @@ export function grpcHandlers<S extends GenServiceMethods>(
     } else if (method.methodKind === 'server_streaming') {
       const stream = fn as StreamImpl<DescMessage, DescMessage>;
       handlers[method.localName] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
-        const start = process.hrtime.bigint();
+        const start = performance.now();
         let log = env.log;
         const finish = (err?: unknown) => {
           if (err === undefined) {
-            env.onHandled?.(name, grpc.status.OK, elapsed(start));
+            env.onHandled?.(name, grpc.status.OK, elapsedSeconds(start));
             call.end();
             return;
           }
           const status = toServiceError(err);
           if (status.code === grpc.status.INTERNAL) log.error({ err }, 'stream failed');
-          env.onHandled?.(name, status.code, elapsed(start));
+          env.onHandled?.(name, status.code, elapsedSeconds(start));
           call.emit('error', status);
         };
         try {

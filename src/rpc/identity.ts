@@ -75,8 +75,19 @@ function describe(p: Principal): string {
   return `tls:${p.uris[0] ?? p.dnsNames[0] ?? `cn=${p.cn ?? '?'}`}`;
 }
 
+/** Distinct tenant headers remembered per connection (admins may name any tenant). */
+const MAX_CACHED_PER_CONNECTION = 64;
+const NO_HEADER = '\0';
+
 export class PeerIdentity implements IdentityResolver {
   private readonly builtinAdmins: ReadonlySet<number>;
+  /**
+   * A Unix connection's credentials never change, so its callers are resolved
+   * once per tenant header and kept with the connection's credentials object
+   * (dropped with it). Refusals are not kept: they are rare and their errors
+   * carry the caller's own words.
+   */
+  private readonly resolved = new WeakMap<PeerCredentials, Map<string, Caller>>();
 
   constructor(
     private readonly config: IdentityConfig,
@@ -87,12 +98,25 @@ export class PeerIdentity implements IdentityResolver {
   }
 
   resolve(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): Caller {
-    const principal = this.principalOf(call);
+    const raw = call.metadata.get(TENANT_HEADER)[0];
+    const requested = typeof raw === 'string' ? raw : undefined;
+    const creds = this.credentialsOf(call.getPeer());
+    if (!creds) return this.callerOf(this.principalOf(call), requested);
+    let known = this.resolved.get(creds);
+    const key = requested ?? NO_HEADER;
+    const hit = known?.get(key);
+    if (hit) return hit;
+    const caller = this.callerOf({ kind: 'unix', creds }, requested);
+    if (!known) this.resolved.set(creds, (known = new Map()));
+    if (known.size >= MAX_CACHED_PER_CONNECTION) known.clear();
+    known.set(key, caller);
+    return caller;
+  }
+
+  private callerOf(principal: Principal, requested: string | undefined): Caller {
     const peer = describe(principal);
     const rule = this.config.rules.find((r) => matches(r, principal));
     const admin = rule ? rule.admin === true : principal.kind === 'unix' && this.builtinAdmins.has(principal.creds.uid);
-    const raw = call.metadata.get(TENANT_HEADER)[0];
-    const requested = typeof raw === 'string' ? raw : undefined;
     if (requested !== undefined && !validTenantName(requested)) {
       throw new BrokerError('INVALID_FIELD', `${TENANT_HEADER}: "${requested.slice(0, 64)}" is not a tenant name (lowercase letters, digits, . _ -; at most 63)`, {
         field: TENANT_HEADER,

@@ -73,26 +73,33 @@ describe('200 concurrent conflicting RPCs on one context', () => {
     }
 
     const { objects } = await td.broker.listObjects({ contextId }, meta);
-    await new Promise((r) => setTimeout(r, 50));
-    watch.cancel();
+    const expected = objects.map((o) => o.handle).sort();
 
     // Replay the event order: start from the snapshot, apply created/destroyed in sequence.
-    const ready = events[0]!;
-    expect(ready.event.case).toBe('ready');
-    const live = new Set(ready.event.case === 'ready' ? ready.event.value.objects.map((o) => o.handle) : []);
-    const seqs = events.slice(1).map((e) => Number(e.sequence));
-    seqs.forEach((s, i) => i > 0 && expect(s).toBe(seqs[i - 1]! + 1));
-    const destroyedOk = new Set(outcomes.filter((o) => o.op === 'destroy' && o.ok).map((o) => o.target!));
-    for (const e of events.slice(1)) {
-      if (e.event.case === 'created') {
-        expect(live.has(e.event.value.object!.handle)).toBe(false);
-        live.add(e.event.value.object!.handle);
-      } else if (e.event.case === 'destroyed') {
-        expect(live.has(e.event.value.handle)).toBe(true);
-        live.delete(e.event.value.handle);
+    const replay = (): bigint[] => {
+      const ready = events[0]!;
+      expect(ready.event.case).toBe('ready');
+      const live = new Set(ready.event.case === 'ready' ? ready.event.value.objects.map((o) => o.handle) : []);
+      const seqs = events.slice(1).map((e) => Number(e.sequence));
+      seqs.forEach((s, i) => i > 0 && expect(s).toBe(seqs[i - 1]! + 1));
+      for (const e of events.slice(1)) {
+        if (e.event.case === 'created') {
+          expect(live.has(e.event.value.object!.handle)).toBe(false);
+          live.add(e.event.value.object!.handle);
+        } else if (e.event.case === 'destroyed') {
+          expect(live.has(e.event.value.handle)).toBe(true);
+          live.delete(e.event.value.handle);
+        }
       }
+      return [...live].sort();
+    };
+    // The stream may still be delivering the last events (a loaded machine): wait for them, not a fixed time.
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline && JSON.stringify(replay().map(String)) !== JSON.stringify(expected.map(String)); ) {
+      await new Promise((r) => setTimeout(r, 20));
     }
-    expect([...live].sort()).toEqual(objects.map((o) => o.handle).sort());
+    watch.cancel();
+    expect(replay()).toEqual(expected);
+    const destroyedOk = new Set(outcomes.filter((o) => o.op === 'destroy' && o.ok).map((o) => o.target!));
     // Each successful DestroyObject is one destroyed event of an IOAS in that order.
     const destroyedIoas = events.filter((e) => e.event.case === 'destroyed' && e.event.value.type === 2).map((e) => (e.event.value as { handle: bigint }).handle);
     expect(new Set(destroyedIoas)).toEqual(destroyedOk);

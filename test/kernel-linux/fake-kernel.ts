@@ -7,7 +7,7 @@ import koffi from 'koffi';
 import type { ErrnoName } from '../../src/kernel/errno.js';
 import { IOCTL, IOCTL_NAMES, type IoctlName } from '../../src/kernel/linux/ioctl-numbers.js';
 import type { Layout, StructCodec, StructInput } from '../../src/kernel/linux/struct-codec.js';
-import type { CallSite, Syscalls, Utsname } from '../../src/kernel/linux/syscalls.js';
+import type { CallSite, EventSyscalls, Syscalls, Utsname } from '../../src/kernel/linux/syscalls.js';
 import { KernelError } from '../../src/kernel/types.js';
 
 export interface IoctlRecord {
@@ -47,6 +47,8 @@ export class FakeKernel implements Syscalls {
   readonly opened: { fd: number; path: string }[] = [];
   readonly closed: number[] = [];
   readonly ioctls: IoctlRecord[] = [];
+  /** eventfd/poll: absent by default, so device requests stay off; tests plug in real ones. */
+  events?: EventSyscalls;
   private readonly handlers = new Map<number, Handler>();
   private readonly open_ = new Map<number, string>();
   private nextFd = 40;

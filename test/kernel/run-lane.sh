@@ -75,6 +75,10 @@ fi
 LAYOUT_S=$(( $(date +%s) - t ))
 
 step "4/4 guest run"
+# Guest tests that run the daemon as a child process (restart.guest.test.ts) use this build;
+# compiling inside the emulated guest is too slow, so it is made here, from this checkout.
+log "compiling the daemon into .cache/test-dist for child-process tests"
+(cd "${PROJECT_ROOT}" && "${PROJECT_ROOT}/node_modules/.bin/tsc" -p tsconfig.build.json --outDir .cache/test-dist)
 if [ "$#" -eq 0 ] && [ -z "${VFIO_BROKER_GUEST_CMD:-}" ]; then
   CMD="node test/kernel/guest/probe.mjs"
   if [ -f "${PROJECT_ROOT}/test/kernel/vitest.guest.config.ts" ]; then

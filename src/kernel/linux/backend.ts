@@ -21,13 +21,18 @@ import {
   type KernelCapabilities,
   type KernelObjectId,
   type KernelOp,
+  type LookupProbe,
   type PciFunction,
   type VdeviceAllocArgs,
   type ViommuAllocArgs,
 } from '../types.js';
+import { LOOKUP_OP } from '../object-probe.js';
+import * as adopt from './adopt.js';
 import * as dataplane from './dataplane.js';
+import { DeviceRequests } from './device-request.js';
 import { IoctlCaller, userPointer, type CallMode } from './ioctl-call.js';
 import { LinuxBackendError, probeKernel, type ProbeResult } from './probe.js';
+import { isMockCdev, MockDevices, mockFunctions } from './mock-devices.js';
 import * as selftest from './selftest.js';
 import type { Layout, StructCodec, StructInput, StructValues } from './struct-codec.js';
 import {
@@ -45,6 +50,7 @@ import { CDEV_RE, PciSysfs, SysfsError, type SysfsIo } from './sysfs.js';
 import { createLibcSyscalls, OPEN_RDWR_CLOEXEC, type Syscalls } from './syscalls.js';
 import type { IoctlName } from './ioctl-numbers.js';
 import type { KernelVersion } from './version.js';
+import type { Logger } from 'pino';
 
 export interface LinuxKernelOptions {
   /** Directory holding `iommu` and `vfio/devices/` (default /dev). */
@@ -61,6 +67,8 @@ export interface LinuxKernelOptions {
   sys?: Syscalls;
   /** sysfs file operations (default: node:fs). */
   sysfsIo?: SysfsIo;
+  /** For device-request warnings (default: silent). */
+  log?: Logger | undefined;
 }
 
 /** First-release bytes of a GET_HW_INFO payload buffer; retried larger if the kernel has more (§3.8). */
@@ -81,6 +89,10 @@ export class LinuxKernel implements KernelBackend {
   private probing: Promise<ProbeResult> | undefined;
   private readonly iommufds = new Set<IommufdFile>();
   private readonly devices = new Set<DeviceFile>();
+  /** IOMMUFD_TEST mock devices posing as VFIO devices (mock-devices.ts); empty unless enabled. */
+  private readonly mocks: MockDevices;
+  /** vfio-pci request IRQs of bound devices (device-request.ts). */
+  private readonly requests: DeviceRequests;
 
   constructor(options: LinuxKernelOptions = {}) {
     this.sys = options.sys ?? createLibcSyscalls();
@@ -93,6 +105,18 @@ export class LinuxKernel implements KernelBackend {
       ...(options.sysfsIo !== undefined ? { io: options.sysfsIo } : {}),
     });
     this.caller = new IoctlCaller(this.sys, () => this.version());
+    this.requests = new DeviceRequests({
+      sys: this.sys,
+      log: options.log,
+      fdOf: (d) => this.osFd(d),
+      functionOfCdev: (cdev) => this.pci.functionOfCdev(cdev),
+    });
+    this.mocks = new MockDevices({
+      ioasAlloc: (iommufd) => this.ioasAlloc(iommufd),
+      destroy: (iommufd, id) => this.destroy(iommufd, id),
+      mockDomain: (iommufd, ptId) => this.selftestMockDomain(iommufd, ptId),
+      mockDomainReplace: (iommufd, stdevId, ptId) => this.selftestMockDomainReplace(iommufd, stdevId, ptId),
+    });
   }
 
   /** §5.2 detection; runs once, later calls return the same answer. */
@@ -109,7 +133,8 @@ export class LinuxKernel implements KernelBackend {
   }
 
   async listPciFunctions(): Promise<PciFunction[]> {
-    return this.pci.listFunctions();
+    const functions = await this.pci.listFunctions();
+    return this.selftestDevicesEnabled ? [...functions, ...mockFunctions()] : functions;
   }
 
   async openIommufd(): Promise<IommufdFile> {
@@ -123,11 +148,16 @@ export class LinuxKernel implements KernelBackend {
   /** Async: the last close of a context unmaps and unpins everything (§4.4). */
   async closeIommufd(file: IommufdFile): Promise<void> {
     if (!this.iommufds.delete(file)) return;
+    this.mocks.forgetIommufd(file);
     await this.sys.close(file.fdNumber);
   }
 
   async openDevice(cdev: string): Promise<DeviceFile> {
     this.version();
+    if (isMockCdev(cdev)) {
+      if (!this.selftestDevicesEnabled) throw new KernelError('ENOENT', 'open_device', `${cdev}: mock devices are not enabled`);
+      return this.mocks.openDevice(cdev);
+    }
     if (!CDEV_RE.test(cdev)) throw new KernelError('EINVAL', 'open_device', `"${cdev.slice(0, 32)}" is not a VFIO cdev name`);
     if (this.pci.hasAllowlist) {
       const bdf = await this.pci.functionOfCdev(cdev);
@@ -143,19 +173,24 @@ export class LinuxKernel implements KernelBackend {
 
   /** Async: vfio-pci disables and resets the function on the last close (§4.5). */
   async closeDevice(file: DeviceFile): Promise<void> {
+    if (this.mocks.owns(file)) return this.mocks.close(file);
+    this.requests.disarm(file); // device request: forget the eventfd before the fd number is freed
     if (!this.devices.delete(file)) return;
     await this.sys.close(file.fdNumber);
   }
 
   async bindIommufd(device: DeviceFile, iommufd: IommufdFile): Promise<KernelObjectId> {
+    if (this.mocks.owns(device)) return this.mocks.bind(device, iommufd);
     const out = await this.onDevice(device, 'bind_iommufd', 'VFIO_DEVICE_BIND_IOMMUFD', VFIO_DEVICE_BIND_IOMMUFD_STRUCT, {
       flags: 0,
       iommufd: this.iommufdFd(iommufd, 'bind_iommufd'),
     }, 'async');
+    await this.requests.arm(device); // device request: the host's unbind now reaches onDeviceRequest
     return kernelId(out.out_devid);
   }
 
   async attachPt(device: DeviceFile, ptId: KernelObjectId): Promise<KernelObjectId> {
+    if (this.mocks.owns(device)) return this.mocks.attach(device, ptId);
     const out = await this.onDevice(device, 'attach_pt', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', VFIO_DEVICE_ATTACH_IOMMUFD_PT_STRUCT, {
       flags: 0,
       pt_id: ptId,
@@ -164,6 +199,7 @@ export class LinuxKernel implements KernelBackend {
   }
 
   async detachPt(device: DeviceFile): Promise<void> {
+    if (this.mocks.owns(device)) return this.mocks.detach(device);
     await this.onDevice(device, 'detach_pt', 'VFIO_DEVICE_DETACH_IOMMUFD_PT', VFIO_DEVICE_DETACH_IOMMUFD_PT_STRUCT, { flags: 0 }, 'async');
   }
 
@@ -245,8 +281,20 @@ export class LinuxKernel implements KernelBackend {
 
   /** Closes every device file, then every iommufd, so all contexts are released (§4.6 step 11). */
   async shutdown(): Promise<void> {
+    await this.mocks.closeAll();
     await Promise.all([...this.devices].map((d) => this.closeDevice(d)));
     await Promise.all([...this.iommufds].map((f) => this.closeIommufd(f)));
+    await this.requests.stop(); // device request: ends the poll loop and closes its wake-up eventfd
+  }
+
+  /** Device request (device-request.ts): called with the BDF when the host asks for a bound device back. */
+  onDeviceRequest(listener: (bdf: string) => void): void {
+    this.requests.onRequest(listener);
+  }
+
+  /** Whether the device's vfio-pci request IRQ is armed (lane tests). */
+  deviceRequestArmed(file: DeviceFile): boolean {
+    return this.requests.isArmed(file);
   }
 
   // ---- Beyond KernelBackend ----
@@ -258,7 +306,7 @@ export class LinuxKernel implements KernelBackend {
 
   /** Files currently open through this backend. */
   openFileCount(): number {
-    return this.iommufds.size + this.devices.size;
+    return this.iommufds.size + this.devices.size + this.mocks.size;
   }
 
   /** Hands `bdf` to vfio-pci (allowlisted devices only); see PciSysfs.prepareDevice. */
@@ -302,6 +350,30 @@ export class LinuxKernel implements KernelBackend {
 
   async deviceReset(device: DeviceFile): Promise<void> {
     return dataplane.deviceReset(this.caller, this.deviceFd(device, dataplane.EXTRA_OP.deviceReset));
+  }
+
+  // ---- Restart without teardown (adopt.ts; object-probe.ts says which lookup proves what) ----
+
+  storeFd(file: IommufdFile | DeviceFile): number | undefined {
+    return (file.kind === 'iommufd' ? this.iommufds.has(file) : this.devices.has(file)) ? file.fdNumber : undefined;
+  }
+
+  async adoptFile(fd: number): Promise<IommufdFile | DeviceFile> {
+    const file = adopt.adoptFile(fd, this.devRoot);
+    if (file.kind === 'iommufd') this.iommufds.add(file);
+    else {
+      this.devices.add(file);
+      await this.requests.arm(file); // the dead daemon's request eventfd went with it
+    }
+    return file;
+  }
+
+  async lookupProbe(iommufd: IommufdFile, probe: LookupProbe): Promise<void> {
+    return adopt.lookupProbe(this.caller, this.iommufdFd(iommufd, LOOKUP_OP[probe.ioctl]), probe);
+  }
+
+  async deviceBound(device: DeviceFile): Promise<boolean> {
+    return adopt.deviceBound(this.caller, this.deviceFd(device, 'device_get_info'));
   }
 
   // ---- IOMMUFD_TEST mock devices (selftest.ts has the mapping to VFIO) ----

@@ -6,6 +6,10 @@
  * notes and §5.1.
  */
 import { defineStruct, type FieldSpec } from './struct-codec.js';
+import { VFIO_IRQ_INFO_STRUCT, VFIO_IRQ_SET_STRUCT, VFIO_REGION_INFO_STRUCT } from './vfio-irq-structs.js';
+
+// Region and IRQ codecs (device request, region access) live beside this file to keep it short.
+export * from './vfio-irq-structs.js';
 
 const u8 = (offset: number) => ({ offset, size: 1, kind: 'u8' }) as const satisfies FieldSpec;
 const u32 = (offset: number) => ({ offset, size: 4, kind: 'u32' }) as const satisfies FieldSpec;
@@ -391,4 +395,7 @@ export const ALL_STRUCTS = [
   VFIO_DEVICE_ATTACH_IOMMUFD_PT_STRUCT,
   VFIO_DEVICE_DETACH_IOMMUFD_PT_STRUCT,
   VFIO_DEVICE_INFO_STRUCT,
+  VFIO_REGION_INFO_STRUCT,
+  VFIO_IRQ_INFO_STRUCT,
+  VFIO_IRQ_SET_STRUCT,
 ] as const;

@@ -1,5 +1,6 @@
 /**
- * libc `open`, `close`, `ioctl` and `uname` through koffi, with errno.
+ * libc `open`, `close`, `ioctl` and `uname` through koffi, with errno; and
+ * `eventfd`/`poll` for vfio-pci's request IRQ (EventSyscalls).
  *
  * Failures become `KernelError(errnoName, op)`. errno numbers are translated
  * with koffi's table for the running platform, so the names stay right on
@@ -14,6 +15,7 @@
  */
 import koffi, { type LibraryHandle } from 'koffi';
 import { constants as fsConstants } from 'node:fs';
+import { endianness } from 'node:os';
 import { errnoName, isErrnoName, type ErrnoName } from '../errno.js';
 import { KernelError, type KernelOp } from '../types.js';
 
@@ -43,6 +45,29 @@ export interface Syscalls {
   /** ioctl(2) on a worker thread. `arg` (and anything it points to) must stay referenced until it settles. */
   ioctlAsync(fd: number, request: number, arg: Buffer | null, site: CallSite): Promise<number>;
   uname(): Utsname;
+  /** eventfd and poll, for vfio-pci's request IRQ (device-request.ts); a syscall layer without them turns that off. */
+  events?: EventSyscalls;
+}
+
+/**
+ * eventfd(2) and poll(2). One poll on a worker thread waits for every armed
+ * eventfd at once (device-request.ts), so waiting never blocks the event loop
+ * and never holds more than one libuv worker.
+ */
+export interface EventSyscalls {
+  /** A new eventfd, counter 0, close-on-exec and non-blocking. */
+  eventfd(site: CallSite): number;
+  /** Adds `value` to the counter (wakes pollers). */
+  signal(fd: number, value?: bigint): void;
+  /** Reads and resets the counter; 0n when it was already 0. */
+  drain(fd: number): bigint;
+  /** close(2) on the event loop: an eventfd's close never blocks. */
+  closeNow(fd: number): void;
+  /**
+   * poll(2) for POLLIN on a worker thread; resolves with each fd's revents
+   * (POLLIN, POLLERR, POLLHUP, POLLNVAL bits), all 0 after EINTR.
+   */
+  pollIn(fds: readonly number[], timeoutMs: number): Promise<number[]>;
 }
 
 /**
@@ -52,6 +77,18 @@ export interface Syscalls {
  */
 export const O_CLOEXEC = 0o2000000;
 export const OPEN_RDWR_CLOEXEC = fsConstants.O_RDWR | O_CLOEXEC;
+
+/** poll(2) event bits (asm-generic/poll.h; the same on every Linux architecture Node runs on). */
+export const POLLIN = 0x1;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const POLLNVAL = 0x20;
+/** EFD_CLOEXEC is O_CLOEXEC and EFD_NONBLOCK is O_NONBLOCK (include/uapi/linux/eventfd.h). */
+const EFD_CLOEXEC = O_CLOEXEC;
+const EFD_NONBLOCK = fsConstants.O_NONBLOCK;
+/** struct pollfd: int fd, short events, short revents. */
+const POLLFD_BYTES = 8;
+const LE = endianness() === 'LE';
 
 /** errno number → name via the platform table, then errno.ts's generic numbering. */
 export function errnoToName(num: number): ErrnoName | `ERRNO_${number}` {
@@ -83,6 +120,10 @@ interface LibcFunctions {
   close: NativeFunction;
   ioctl: NativeFunction;
   uname: NativeFunction;
+  eventfd: NativeFunction;
+  read: NativeFunction;
+  write: NativeFunction;
+  poll: NativeFunction;
 }
 
 /** The _Out_ struct for uname(2): six 65-byte strings on Linux (__NEW_UTS_LEN + 1). */
@@ -119,6 +160,10 @@ function loadLibc(): LibcFunctions {
     // third parameter, so this fixed prototype is call-compatible.
     ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)'),
     uname: lib.func('uname', 'int', [koffi.out(koffi.pointer(utsname))]),
+    eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
+    read: lib.func('long read(int fd, void *buf, unsigned long count)'),
+    write: lib.func('long write(int fd, void *buf, unsigned long count)'),
+    poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
   };
   return libc;
 }
@@ -168,5 +213,65 @@ export function createLibcSyscalls(): Syscalls {
       if ((uname(out) as number) < 0) throw new Error(`uname(2) failed: ${errnoToName(koffi.errno())}`);
       return { sysname: out['sysname'] ?? '', release: out['release'] ?? '', machine: out['machine'] ?? '' };
     },
+
+    events: libcEvents,
   };
 }
+
+/** Everything but pollIn touches only a non-blocking eventfd, so it runs on the event loop. */
+const libcEvents: EventSyscalls = {
+  eventfd(site) {
+    const fd = loadLibc().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) as number;
+    if (fd < 0) throw fail(koffi.errno(), site, 'eventfd');
+    return fd;
+  },
+
+  signal(fd, value = 1n) {
+    const buf = Buffer.alloc(8);
+    if (LE) buf.writeBigUInt64LE(value);
+    else buf.writeBigUInt64BE(value);
+    // EAGAIN only when the counter would overflow 2^64-2: a wake-up is pending anyway.
+    loadLibc().write(fd, buf, 8);
+  },
+
+  drain(fd) {
+    const buf = Buffer.alloc(8);
+    const n = Number(loadLibc().read(fd, buf, 8));
+    if (n !== 8) return 0n; // EAGAIN: the counter was 0
+    return LE ? buf.readBigUInt64LE() : buf.readBigUInt64BE();
+  },
+
+  closeNow(fd) {
+    loadLibc().close(fd);
+  },
+
+  pollIn(fds, timeoutMs) {
+    const { poll } = loadLibc();
+    const set = Buffer.alloc(fds.length * POLLFD_BYTES);
+    fds.forEach((fd, i) => {
+      if (LE) {
+        set.writeInt32LE(fd, i * POLLFD_BYTES);
+        set.writeInt16LE(POLLIN, i * POLLFD_BYTES + 4);
+      } else {
+        set.writeInt32BE(fd, i * POLLFD_BYTES);
+        set.writeInt16BE(POLLIN, i * POLLFD_BYTES + 4);
+      }
+    });
+    return new Promise<number[]>((resolve, reject) => {
+      // `set` stays referenced by this closure until the worker is done with it.
+      poll.async(set, fds.length, timeoutMs, (err: unknown, rc: number) => {
+        if (err) {
+          reject(err instanceof Error ? err : new Error(String(err)));
+          return;
+        }
+        if (rc < 0) {
+          const errno = errnoToName(koffi.errno());
+          if (errno === 'EINTR') resolve(fds.map(() => 0));
+          else reject(new Error(`poll(2) failed: ${errno}`));
+          return;
+        }
+        resolve(fds.map((_, i) => (LE ? set.readUInt16LE(i * POLLFD_BYTES + 6) : set.readUInt16BE(i * POLLFD_BYTES + 6))));
+      });
+    });
+  },
+};

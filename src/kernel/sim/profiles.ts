@@ -3,7 +3,7 @@
  * version-dependent branch in the sim reads one of these traits, so the
  * differences are listed in one place (kernel-uapi.md §4.3, §5.1).
  */
-import type { KernelProfile } from '../types.js';
+import type { KernelOp, KernelProfile } from '../types.js';
 
 export interface ProfileTraits {
   readonly profile: KernelProfile;
@@ -103,3 +103,15 @@ export function ioctlsFor(traits: ProfileTraits): string[] {
     ([name]) => name,
   );
 }
+
+/** The ioctl behind each KernelOp the sim can pretend is missing (SimKernelOptions.withoutIoctls). */
+export const OP_IOCTL: Partial<Record<KernelOp, string>> = {
+  ioas_map_file: 'IOMMU_IOAS_MAP_FILE',
+  ioas_unmap: 'IOMMU_IOAS_UNMAP',
+  viommu_alloc: 'IOMMU_VIOMMU_ALLOC',
+  vdevice_alloc: 'IOMMU_VDEVICE_ALLOC',
+  hwpt_alloc: 'IOMMU_HWPT_ALLOC',
+  get_hw_info: 'IOMMU_GET_HW_INFO',
+  hwpt_get_dirty_bitmap: 'IOMMU_HWPT_GET_DIRTY_BITMAP',
+  hwpt_invalidate: 'IOMMU_HWPT_INVALIDATE',
+};

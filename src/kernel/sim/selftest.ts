@@ -16,6 +16,7 @@
  * Unlike a VFIO DEVICE, the mock DEVICE takes no reference on the iommufd
  * file (§4.4), so closing the iommufd destroys mock devices.
  */
+import type { KernelObjectId } from '../types.js';
 import { IdAllocator } from './ids.js';
 import type { SimPciFunction } from './inventory.js';
 import {
@@ -32,6 +33,16 @@ import { changePt, unbindDevice, type Host } from './vfio.js';
 export const MOCK_IOMMU_INSTANCE = 'iommufd_selftest_iommu';
 
 const VALID_DEV_FLAGS = MOCK_FLAGS_DEVICE_NO_DIRTY | MOCK_FLAGS_DEVICE_PASID;
+
+/** The IDs of a mock device, as LinuxKernel.selftestMockDomain returns them (§6.2). */
+export interface SimMockDevice {
+  /** IOMMUFD_OBJ_SELFTEST: destroying it unbinds the device (the "device fd"). */
+  stdevId: KernelObjectId;
+  /** The HWPT the device was attached to (automatic when created on an IOAS). */
+  hwptId: KernelObjectId;
+  /** IOMMUFD_OBJ_DEVICE: `dev_id` for HWPT_ALLOC, GET_HW_INFO, VIOMMU_ALLOC, VDEVICE_ALLOC. */
+  idevId: KernelObjectId;
+}
 
 /** The three IDs MOCK_DOMAIN returns (§6.1 `mock_domain.out_*`). */
 export interface MockDomainResult {

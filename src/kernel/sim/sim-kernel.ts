@@ -23,10 +23,12 @@ import {
   type KernelObjectId,
   type KernelOp,
   type KernelProfile,
+  type LookupProbe,
   type PciFunction,
   type VdeviceAllocArgs,
   type ViommuAllocArgs,
 } from '../types.js';
+import * as adopt from './adopt.js';
 import { SimFaults } from './faults.js';
 import { SimDrivers } from './drivers.js';
 import { IdAllocator } from './ids.js';
@@ -35,12 +37,14 @@ import * as ioctl from './iommufd-ioctls.js';
 import { describe, mappingInfo, type SimMappingInfo, type SimObjectInfo } from './introspect.js';
 import * as ioasMap from './ioas-map.js';
 import { fail, IommufdContext, SimFailure } from './objects.js';
-import { ioctlsFor, PROFILE_TRAITS, type ProfileTraits } from './profiles.js';
+import { ioctlsFor, OP_IOCTL, PROFILE_TRAITS, type ProfileTraits } from './profiles.js';
 import * as selftest from './selftest.js';
+import type { SimMockDevice } from './selftest.js';
 import * as vfio from './vfio.js';
 import type { DeviceBinding, DeviceFileState, IommufdFileState } from './vfio.js';
 
 export type { SimMappingInfo, SimObjectInfo } from './introspect.js';
+export type { SimMockDevice } from './selftest.js';
 
 export interface SimKernelOptions {
   profile?: KernelProfile;
@@ -51,26 +55,6 @@ export interface SimKernelOptions {
    * before 6.13): left out of probe() and answered with ENOTTY.
    */
   withoutIoctls?: readonly string[];
-}
-
-/** The ioctl behind each KernelOp the sim can pretend is missing. */
-const OP_IOCTL: Partial<Record<KernelOp, string>> = {
-  ioas_map_file: 'IOMMU_IOAS_MAP_FILE',
-  ioas_unmap: 'IOMMU_IOAS_UNMAP',
-  viommu_alloc: 'IOMMU_VIOMMU_ALLOC',
-  vdevice_alloc: 'IOMMU_VDEVICE_ALLOC',
-  hwpt_alloc: 'IOMMU_HWPT_ALLOC',
-  get_hw_info: 'IOMMU_GET_HW_INFO',
-};
-
-/** The IDs of a mock device, as LinuxKernel.selftestMockDomain returns them (§6.2). */
-export interface SimMockDevice {
-  /** IOMMUFD_OBJ_SELFTEST: destroying it unbinds the device (the "device fd"). */
-  stdevId: KernelObjectId;
-  /** The HWPT the device was attached to (automatic when created on an IOAS). */
-  hwptId: KernelObjectId;
-  /** IOMMUFD_OBJ_DEVICE: `dev_id` for HWPT_ALLOC, GET_HW_INFO, VIOMMU_ALLOC, VDEVICE_ALLOC. */
-  idevId: KernelObjectId;
 }
 
 /** First fd number handed out; 0–2 are stdio in a real process. */
@@ -98,6 +82,8 @@ export class SimKernel implements KernelBackend {
   private readonly pendingUnbinds = new Map<string, (() => void)[]>();
   private readonly host: vfio.Host;
   private readonly mockBus: selftest.MockBus;
+  /** fd-store stand-ins for iommufd fds (restart; adopt.ts). */
+  private readonly storeFds = new adopt.SimStoreFds();
 
   constructor(options: SimKernelOptions = {}) {
     this.profile = options.profile ?? 'linux-6.17';
@@ -166,6 +152,7 @@ export class SimKernel implements KernelBackend {
     if (!state?.fdOpen) return;
     state.fdOpen = false;
     this.fdNumbers.free(file.fdNumber);
+    this.storeFds.forget(file);
     state.refs--;
     this.releaseIfUnreferenced(state);
   }
@@ -279,6 +266,24 @@ export class SimKernel implements KernelBackend {
 
   async ioasUnmap(iommufd: IommufdFile, ioasId: KernelObjectId, iova: bigint, length: bigint): Promise<bigint> {
     return this.call('ioas_unmap', () => ioasMap.unmap(() => this.context(iommufd).get(ioasId, 'IOAS'), iova, length));
+  }
+
+  // ---- Restart without teardown (adopt.ts) ----
+
+  storeFd(file: IommufdFile | DeviceFile): number | undefined {
+    return file.kind === 'device' ? this.osFds.get(file) : this.storeFds.iommufdFd(this.iommufds.get(file));
+  }
+
+  async adoptFile(fd: number): Promise<IommufdFile | DeviceFile> {
+    return this.call('adopt_file', () => this.storeFds.adopt(fd, this.iommufds, this.deviceFiles, (f) => this.osFds.get(f)));
+  }
+
+  async lookupProbe(iommufd: IommufdFile, probe: LookupProbe): Promise<void> {
+    return this.call(adopt.LOOKUP_OP[probe.ioctl], () => adopt.lookup(this.context(iommufd), probe));
+  }
+
+  async deviceBound(device: DeviceFile): Promise<boolean> {
+    return this.call('device_get_info', () => adopt.deviceBound(this.deviceFile(device)));
   }
 
   // ---- IOMMUFD_TEST mock devices: LinuxKernel's API and KernelOp names (§6.2, sim/selftest.ts) ----

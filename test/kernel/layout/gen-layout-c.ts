@@ -45,7 +45,10 @@ import * as structs from '../../../src/kernel/linux/structs.js';
 export type AnyCodec = Pick<StructCodec<Record<string, FieldSpec>>, 'name' | 'full' | 'fields'>;
 
 /** Fields C cannot offsetof/sizeof (see the module comment), by `struct.field`. Exact: an unused entry fails the check. */
-export const SPECIAL_FIELDS: Readonly<Record<string, 'bitfield' | 'flex'>> = {};
+export const SPECIAL_FIELDS: Readonly<Record<string, 'bitfield' | 'flex'>> = {
+  // The eventfds of VFIO_DEVICE_SET_IRQS follow the header (device-request.ts).
+  'vfio_irq_set.data': 'flex',
+};
 
 /**
  * Every codec the backend defines: ALL_STRUCTS plus any StructCodec exported
@@ -100,6 +103,22 @@ export function allConstants(): ConstantDef[] {
     one('VFIO_DEVICE_FLAGS_RESET', 'VFIO_DEVICE_FLAGS_RESET', structs.VFIO_DEVICE_FLAGS_RESET),
     one('VFIO_DEVICE_FLAGS_PCI', 'VFIO_DEVICE_FLAGS_PCI', structs.VFIO_DEVICE_FLAGS_PCI),
     one('VFIO_DEVICE_FLAGS_CAPS', 'VFIO_DEVICE_FLAGS_CAPS', structs.VFIO_DEVICE_FLAGS_CAPS),
+    // Region access and the request IRQ (vfio-irq-structs.ts, device-request.ts): same spelling in C.
+    ...(
+      [
+        'VFIO_REGION_INFO_FLAG_READ',
+        'VFIO_REGION_INFO_FLAG_WRITE',
+        'VFIO_REGION_INFO_FLAG_MMAP',
+        'VFIO_PCI_BAR0_REGION_INDEX',
+        'VFIO_PCI_CONFIG_REGION_INDEX',
+        'VFIO_IRQ_INFO_EVENTFD',
+        'VFIO_PCI_ERR_IRQ_INDEX',
+        'VFIO_PCI_REQ_IRQ_INDEX',
+        'VFIO_IRQ_SET_DATA_NONE',
+        'VFIO_IRQ_SET_DATA_EVENTFD',
+        'VFIO_IRQ_SET_ACTION_TRIGGER',
+      ] as const
+    ).map((name) => one(name, name, structs[name])),
   ];
 }
 

@@ -1,0 +1,109 @@
+/**
+ * Restart without teardown, in one process: the sim kernel and the fd store
+ * outlive the daemon, as the real kernel and systemd's store outlive a
+ * daemon process. `crash()` is what SIGKILL does: from that instant the old
+ * daemon makes no kernel call, writes no journal line and changes nothing in
+ * the store; only its listeners are closed so the next daemon can bind them.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { MemoryFdStore } from '../../src/broker/fd-store.js';
+import { defaultConfig, type Config } from '../../src/config/config.js';
+import { startDaemon } from '../../src/daemon.js';
+import { AdminService } from '../../src/gen/vfio_broker/v1/admin_pb.js';
+import { BrokerService } from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import type { SimKernel } from '../../src/kernel/sim/index.js';
+import { createLogger } from '../../src/obs/log.js';
+import { connect, createClient } from '../../src/rpc/client.js';
+import type { TestDaemon } from './daemon.js';
+
+/** A view of `sim` that stops dead on kill(): every call after it never returns. */
+export function killable(sim: SimKernel): { kernel: SimKernel; kill(): void } {
+  let dead = false;
+  const kernel = new Proxy(sim, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => (dead ? new Promise(() => undefined) : (value as (...a: unknown[]) => unknown).apply(target, args));
+    },
+  });
+  return { kernel, kill: () => (dead = true) };
+}
+
+export interface Incarnation extends TestDaemon {
+  store: MemoryFdStore;
+  /** SIGKILL: nothing of this daemon runs any more. */
+  crash(): Promise<void>;
+}
+
+export interface Host {
+  sim: SimKernel;
+  dir: string;
+  journalPath: string;
+  socketPath: string;
+  /** Starts a daemon on the host: the first on an empty store, later ones on what the last one left. */
+  start(tweak?: (c: Config) => void): Promise<Incarnation>;
+  /** The store as the next daemon will find it (tests may change it, as a crash could). */
+  store: MemoryFdStore;
+  cleanup(): void;
+}
+
+export function restartHost(sim: SimKernel): Host {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'vfio-broker-restart-'));
+  const host: Host = {
+    sim,
+    dir,
+    journalPath: path.join(dir, 'state', 'journal'),
+    socketPath: path.join(dir, 'broker.sock'),
+    store: new MemoryFdStore(),
+    async start(tweak = () => undefined) {
+      const config = defaultConfig();
+      config.socket.path = host.socketPath;
+      config.teardown.clientGoneGraceSeconds = 30;
+      config.shutdown.drainSeconds = 2;
+      config.metrics.address = '';
+      config.audit.path = '';
+      config.restart.journalPath = host.journalPath;
+      config.restart.sync = 'none';
+      tweak(config);
+      const store = host.store;
+      const k = killable(sim);
+      const daemon = await startDaemon({ config, log: createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent'), kernel: k.kernel, fdStore: store });
+      const channels: grpc.Client[] = [];
+      const newChannel = () => {
+        const ch = connect(`unix:${config.socket.path}`);
+        channels.push(ch);
+        return ch;
+      };
+      const channel = newChannel();
+      return {
+        daemon,
+        store,
+        socketPath: config.socket.path,
+        auditPath: '',
+        channel,
+        broker: createClient(BrokerService, channel),
+        admin: createClient(AdminService, channel),
+        newChannel,
+        async stop() {
+          for (const ch of channels) ch.close();
+          await daemon.stop();
+        },
+        async crash() {
+          k.kill();
+          daemon.restart?.journal.freeze();
+          store.freeze();
+          host.store = store.handBack();
+          for (const ch of channels) ch.close();
+          await daemon.abandon();
+        },
+      };
+    },
+    cleanup() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return host;
+}

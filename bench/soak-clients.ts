@@ -7,6 +7,7 @@
 import { askParent, serveParent } from './lib/child.js';
 import { cpuMicros } from './lib/stats.js';
 import { runClient, type SoakShared, type SoakStats } from './lib/soak-client.js';
+import { mulberry32 } from '../src/kernel/sim/faults.js';
 
 export interface SoakClientsConfig {
   address: string;
@@ -22,16 +23,6 @@ export interface SoakClientsConfig {
   seed: number;
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let running: Promise<unknown> | undefined;
 let stopping = false;

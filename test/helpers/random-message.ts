@@ -4,19 +4,12 @@
  * numbers; and plain init shapes of them. For the codec and validation tests.
  */
 import { create, ScalarType, type DescField, type DescMessage } from '@bufbuild/protobuf';
+import { mulberry32 } from '../../src/kernel/sim/faults.js';
 
 export type Rnd = () => number;
 
-export function prng(seed: number): Rnd {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The sim's fault-schedule PRNG: seeded, so a failing random message can be reproduced. */
+export const prng: (seed: number) => Rnd = mulberry32;
 
 export const pick = <T>(rnd: Rnd, xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
 

@@ -109,8 +109,8 @@ function toOpSet(ops: readonly KernelOp[] | undefined): ReadonlySet<KernelOp> | 
   return ops === undefined ? undefined : new Set(ops);
 }
 
-/** Small, well-known 32-bit PRNG; good enough for reproducible fault schedules. */
-function mulberry32(seed: number): () => number {
+/** Small, well-known 32-bit PRNG; good enough for reproducible fault schedules (and the tests' and soak's random choices). */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

@@ -362,9 +362,14 @@ export class Broker {
   }
 
   private teardownEnv(ctx: Context): TeardownEnv {
+    const parent = this.log;
+    let log: Logger | undefined;
     return {
       kernel: this.kernel,
-      log: this.log.child({ contextId: ctx.id }),
+      // Made on first use: a teardown that goes as planned logs nothing on its own.
+      get log() {
+        return (log ??= parent.child({ contextId: ctx.id }));
+      },
       onDeviceClosed: (device) => {
         const inv = this.inventory.resolve(device.deviceId, 'device_id');
         if (inv.boundTo === ctx.id) inv.boundTo = undefined;
@@ -376,10 +381,12 @@ export class Broker {
     const report = await runTeardown(ctx, this.teardownEnv(ctx), scope, reason);
     ctx.emit({ type: 'teardown', report });
     this.options.observer?.teardown?.(report);
-    this.log.info(
-      { contextId: ctx.id, reason, steps: report.steps.length, failures: report.failures.length, vdevicesFoundTombstoned: report.vdevicesFoundTombstoned },
-      'teardown done',
-    );
+    const fields = { contextId: ctx.id, reason, steps: report.steps.length, failures: report.failures.length, vdevicesFoundTombstoned: report.vdevicesFoundTombstoned };
+    // A client's own UnbindDevice that went to plan is routine, like BindDevice, and is in the
+    // audit log; a context's end, a device request or anything that went wrong is worth a line.
+    if (report.failures.length > 0) this.log.warn(fields, 'teardown done with failed steps');
+    else if (reason === 'unbind' && report.vdevicesFoundTombstoned === 0) this.log.debug(fields, 'teardown done');
+    else this.log.info(fields, 'teardown done');
     return report;
   }
 

@@ -124,9 +124,9 @@ export function createLogger(level: string, destination?: pino.DestinationStream
   );
   // pino gives child loggers an identity bindings formatter; every descendant
   // inherits this method from the root, so their bindings are censored too.
-  const child = logger.child;
-  logger.child = function (this: Logger, bindings, options) {
+  const child = logger.child as unknown as (this: Logger, bindings: pino.Bindings, options?: pino.ChildLoggerOptions) => Logger;
+  logger.child = function (this: Logger, bindings: pino.Bindings, options?: pino.ChildLoggerOptions) {
     return child.call(this, censorNested(bindings), options);
-  } as Logger['child'];
+  } as unknown as Logger['child'];
   return logger;
 }

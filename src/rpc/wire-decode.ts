@@ -148,24 +148,69 @@ function readScalar(t: ScalarType, strict: boolean): unknown {
   }
 }
 
-/** A copy of `create(schema)`: same members in the same order, fresh lists and oneof objects. */
-function zero(plan: Plan): Message {
-  const m = { ...plan.template };
-  for (const f of plan.fresh) m[f.name] = f.kind === 'list' ? [] : f.kind === 'oneof' ? { case: undefined } : new Uint8Array(0);
-  return m;
+/**
+ * The decoder's per-type code, generated once per plan: a fresh copy of
+ * `create(schema)` as one object literal (same members, same order), and a
+ * reader that stores each singular non-oneof field under its own name. A loop
+ * over `m[p.name]` made every store a megamorphic keyed store. The source is
+ * built from the descriptors' property names only (quoted with
+ * JSON.stringify), never from input bytes; lists, oneofs and anything else go
+ * through readField as before.
+ */
+interface Compiled {
+  zero: () => Message;
+  read: (m: Message, tag: number, depth: number) => void;
+}
+
+function compile(plan: Plan): Compiled {
+  const members = Object.keys(plan.template).map((name, i) => {
+    const kind = plan.fresh.find((f) => f.name === name)?.kind;
+    const value = kind === 'list' ? '[]' : kind === 'oneof' ? '{ case: undefined }' : kind === 'bytes' ? 'new Uint8Array(0)' : `template[${i}]`;
+    return `${JSON.stringify(name)}: ${value}`;
+  });
+  const cases = plan.fields.map((p, i) => {
+    if (p.list || p.oneof !== undefined) return `case ${p.field.number}: return readField(fields[${i}], tag & 7, m, depth);`;
+    const key = JSON.stringify(p.name);
+    const value = p.message !== undefined ? `readNested(fields[${i}], depth)` : `readScalar(${p.scalar!}, ${p.field.utf8Validation ? 'true' : 'false'})`;
+    return [
+      `case ${p.field.number}:`,
+      `  if ((tag & 7) !== ${p.wireType}) throw FALLBACK;`,
+      // A singular message seen twice is merged by protobuf-es.
+      ...(p.message !== undefined ? [`  if (m[${key}] !== undefined) throw FALLBACK;`] : []),
+      `  m[${key}] = ${value};`,
+      '  return;',
+    ].join('\n');
+  });
+  const make = new Function(
+    'FALLBACK',
+    'template',
+    'fields',
+    'readField',
+    'readNested',
+    'readScalar',
+    `return {
+  zero: () => ({ ${members.join(', ')} }),
+  read(m, tag, depth) {
+    switch (tag >>> 3) {
+${cases.join('\n')}
+    }
+    throw FALLBACK; // unknown field: fromBinary keeps it in $unknown
+  },
+};`,
+  ) as (...args: unknown[]) => Compiled;
+  return make(FALLBACK, Object.values(plan.template), plan.fields, readField, readNested, readScalar);
 }
 
 function readMessage(plan: Plan, end: number, depth: number): Message {
   if (depth > MAX_DEPTH || end > buf.length) throw FALLBACK;
-  const m = zero(plan);
+  const compiled = (plan.decoder ??= compile(plan));
+  const m = compiled.zero();
   while (pos < end) {
     const start = pos;
     const tag = uint32();
     // protobuf-es refuses tags that overflow uint32, field number 0 and wire types above 5.
     if (pos - start > 5 || (pos - start === 5 && buf[pos - 1]! > 0x0f)) throw FALLBACK;
-    const p = plan.byNumber.get(tag >>> 3);
-    if (p === undefined) throw FALLBACK; // unknown field: fromBinary keeps it in $unknown
-    readField(p, tag & 7, m, depth);
+    compiled.read(m, tag, depth);
   }
   if (pos !== end) throw FALLBACK;
   return m;

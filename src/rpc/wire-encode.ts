@@ -197,29 +197,48 @@ function writeNested(tag: number, sub: Plan, item: unknown): void {
 }
 
 function writeMessage(plan: Plan, msg: Message): void {
-  const unknown = msg['$unknown'] as unknown[] | undefined;
-  if (unknown !== undefined && unknown.length > 0) throw FALLBACK;
-  for (const p of plan.fields) {
-    let v: unknown;
+  (plan.write ??= compileWriter(plan))(msg);
+}
+
+/**
+ * The field loop of one message type, generated once: the same checks, in the
+ * same order, for every field of the plan, but reading each property by its
+ * own name. A loop over `msg[p.name]` makes every read a megamorphic keyed
+ * load, which cost more than the writing itself. The source is built from the
+ * descriptors' property names only (quoted with JSON.stringify), never from
+ * message data.
+ */
+function compileWriter(plan: Plan): (msg: Message) => void {
+  const body = ['const unknown = msg.$unknown;', 'if (unknown !== undefined && unknown.length > 0) throw FALLBACK;', 'let v;'];
+  plan.fields.forEach((p, i) => {
+    const key = JSON.stringify(p.name);
     if (p.oneof !== undefined) {
-      const o = msg[p.oneof] as { case?: string; value?: unknown } | undefined;
-      if (o === undefined || o.case !== p.name) continue;
-      v = o.value;
-      if (v === undefined || v === null) throw FALLBACK;
-    } else {
-      v = msg[p.name];
-      // `undefined` is unset in an init shape (create() would fill in the zero value).
-      if (v === undefined) continue;
-      if (v === null) throw FALLBACK;
-      if (p.list) {
-        if (!Array.isArray(v)) throw FALLBACK;
-        if (v.length === 0) continue;
-      } else if (p.message === undefined) {
-        if (p.implicit ? isZero(p.scalar!, v) : !Object.prototype.hasOwnProperty.call(msg, p.name)) continue;
-      }
+      body.push(
+        `v = msg[${JSON.stringify(p.oneof)}];`,
+        `if (v !== undefined && v.case === ${key}) {`,
+        '  v = v.value;',
+        '  if (v === undefined || v === null) throw FALLBACK;',
+        `  writeField(fields[${i}], v);`,
+        '}',
+      );
+      return;
     }
-    writeField(p, v);
-  }
+    body.push(`v = msg[${key}];`, 'if (v !== undefined) {', '  if (v === null) throw FALLBACK;');
+    if (p.list) {
+      body.push('  if (!Array.isArray(v)) throw FALLBACK;', `  if (v.length !== 0) writeField(fields[${i}], v);`);
+    } else if (p.message !== undefined) {
+      body.push(`  writeField(fields[${i}], v);`);
+    } else if (p.implicit) {
+      body.push(`  if (!isZero(${p.scalar!}, v)) writeField(fields[${i}], v);`);
+    } else {
+      body.push(`  if (hasOwn.call(msg, ${key})) writeField(fields[${i}], v);`);
+    }
+    body.push('}');
+  });
+  const make = new Function('FALLBACK', 'writeField', 'fields', 'isZero', 'hasOwn', `return function write(msg) {\n${body.join('\n')}\n};`) as (
+    ...args: unknown[]
+  ) => (msg: Message) => void;
+  return make(FALLBACK, writeField, plan.fields, isZero, Object.prototype.hasOwnProperty);
 }
 
 function writeField(p: FieldPlan, v: unknown): void {

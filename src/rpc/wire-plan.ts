@@ -47,10 +47,13 @@ export interface FieldPlan {
 
 export interface Plan {
   fields: FieldPlan[];
-  byNumber: Map<number, FieldPlan>;
   /** `create(schema)`, copied for every decoded message (its mutable members made fresh). */
   template: Message;
   fresh: { name: string; kind: 'list' | 'oneof' | 'bytes' }[];
+  /** The generated field loop of the encoder (wire-encode.ts), made on first use. */
+  write?: (msg: Message) => void;
+  /** The generated parts of the decoder (wire-decode.ts), made on first use. */
+  decoder?: { zero: () => Message; read: (m: Message, tag: number, depth: number) => void };
 }
 
 const plans = new Map<DescMessage, Plan | undefined>();
@@ -104,7 +107,7 @@ export function planFor(schema: DescMessage, seen = new Set<DescMessage>()): Pla
       else if (v instanceof Uint8Array) fresh.push({ name, kind: 'bytes' });
       else if (typeof v === 'object' && v !== null) fresh.push({ name, kind: 'oneof' });
     }
-    plan = { fields, byNumber: new Map(fields.map((p) => [p.field.number, p])), template, fresh };
+    plan = { fields, template, fresh };
   }
   plans.set(schema, plan);
   return plan;

@@ -1,5 +1,6 @@
 /** Starts the real daemon (sim backend) on a temp Unix socket and connects typed clients. */
 import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,6 +32,7 @@ export interface TestDaemon {
 export async function startTestDaemon(
   profile: KernelProfile = 'linux-6.17',
   tweak: (config: Config) => void = () => undefined,
+  log: Logger = createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent'),
 ): Promise<TestDaemon> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vfio-broker-test-'));
   const config = defaultConfig();
@@ -41,7 +43,7 @@ export async function startTestDaemon(
   config.metrics.address = '127.0.0.1:0';
   config.audit.path = path.join(dir, 'audit.log');
   tweak(config);
-  const daemon = await startDaemon({ config, log: createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent') });
+  const daemon = await startDaemon({ config, log });
   const channels: grpc.Client[] = [];
   const newChannel = () => {
     const ch = connect(`unix:${config.socket.path}`);

@@ -1,7 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
+import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ObjectState, TeardownAction } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { KERNEL_PROFILES } from '../../src/kernel/types.js';
+import { createLogger } from '../../src/obs/log.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import { registryMatchesKernel, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 import { assignDevices, buildVm, meta } from '../helpers/lifecycle.js';
@@ -97,5 +99,43 @@ describe.each(KERNEL_PROFILES)('unbind teardown on %s', (profile) => {
     expect(errorInfoOf(err)?.reason).toBe('VDEVICE_DESTROYED_ON_UNBIND');
     const m = registryMatchesKernel(td, vm.contextId);
     expect(m.registry).toEqual(m.kernel);
+  });
+});
+
+describe('teardown log lines', () => {
+  let td: TestDaemon | undefined;
+  afterEach(async () => {
+    await td?.stop();
+  });
+
+  it('logs a routine UnbindDevice at debug, a failed step as a warning and a context close at info', async () => {
+    const lines: { level: number; msg: string; reason?: string; failures?: number }[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        for (const line of chunk.toString().split('\n')) if (line) lines.push(JSON.parse(line) as (typeof lines)[number]);
+        done();
+      },
+    });
+    td = await startTestDaemon('linux-6.17', () => undefined, createLogger('debug', sink));
+    const teardownLines = () => lines.filter((l) => l.msg.startsWith('teardown done')).map((l) => [l.level, l.reason, l.failures]);
+    const [first, second] = await assignDevices(td, 2);
+    const vm = await buildVm(td, first!);
+    await td.broker.unbindDevice({ contextId: vm.contextId, device: vm.device }, meta);
+
+    const { device } = await td.broker.bindDevice({ contextId: vm.contextId, deviceId: second! }, meta);
+    // Every attempt at the detach fails in the sim; the step is recorded as failed and skipped.
+    const sim = td.daemon.sim!;
+    for (const attempt of [1, 2, 3]) sim.faults.failNth(attempt, 'EINTR', { ops: ['detach_pt'] });
+    await td.broker.attachDevice({ contextId: vm.contextId, device: device!.handle, target: vm.ioas }, meta);
+    await td.broker.unbindDevice({ contextId: vm.contextId, device: device!.handle }, meta);
+
+    await td.broker.closeContext({ contextId: vm.contextId }, meta);
+    await new Promise((r) => setImmediate(r));
+    // pino levels: 20 debug, 30 info, 40 warn.
+    expect(teardownLines()).toEqual([
+      [20, 'unbind', 0],
+      [40, 'unbind', 1],
+      [30, 'close', 0],
+    ]);
   });
 });

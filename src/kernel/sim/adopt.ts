@@ -56,8 +56,8 @@ export function lookup(ctx: IommufdContext, probe: LookupProbe): void {
 
 /**
  * The memfds standing in for iommufd fds in the fd store, made on first use
- * so a daemon without an fd store pays nothing. Device files already have
- * one each (SimKernel.osFd).
+ * so a daemon without an fd store pays nothing; device files get theirs the
+ * same way (SimKernel.osFd).
  */
 export class SimStoreFds {
   private readonly iommufdFds = new Map<IommufdFile, number>();

@@ -41,7 +41,7 @@ import { ioctlsFor, OP_IOCTL, PROFILE_TRAITS, type ProfileTraits } from './profi
 import * as selftest from './selftest.js';
 import type { SimMockDevice } from './selftest.js';
 import * as vfio from './vfio.js';
-import type { DeviceBinding, DeviceFileState, IommufdFileState } from './vfio.js';
+import type { DeviceFileState, IommufdFileState } from './vfio.js';
 
 export type { SimMappingInfo, SimObjectInfo } from './introspect.js';
 export type { SimMockDevice } from './selftest.js';
@@ -74,7 +74,11 @@ export class SimKernel implements KernelBackend {
   /** iommufd files whose fd is open or whose context is still alive. */
   private readonly iommufds = new Map<IommufdFile, IommufdFileState>();
   private readonly deviceFiles = new Map<DeviceFile, DeviceFileState>();
-  /** A real fd per device file (a memfd named `vfio-sim:BDF`), so it can be handed to a VMM. */
+  /**
+   * A real fd per device file (a memfd named `vfio-sim:BDF`), so it can be
+   * handed to a VMM or put in the fd store. Made on first use: a memfd_create
+   * and close cost more than the rest of a sim bind and unbind together.
+   */
   private readonly osFds = new Map<DeviceFile, number>();
   private readonly missing: ReadonlySet<string>;
   private readonly requestListeners: ((bdf: string) => void)[] = [];
@@ -94,14 +98,14 @@ export class SimKernel implements KernelBackend {
     this.drivers = new SimDrivers(this.inventory);
     this.missing = new Set(options.withoutIoctls ?? []);
     this.mockBus = new selftest.MockBus(this.inventory);
-    const deviceFiles = this.deviceFiles;
+    const boundByGroup = new Map<number, Set<vfio.BoundDeviceFile>>();
     this.host = {
       traits,
       inventory: this.inventory,
-      *boundDeviceFiles() {
-        for (const df of deviceFiles.values()) {
-          if (df.binding) yield df as DeviceFileState & { binding: DeviceBinding };
-        }
+      boundInGroup(group) {
+        let bound = boundByGroup.get(group);
+        if (bound === undefined) boundByGroup.set(group, (bound = new Set()));
+        return bound;
       },
     };
   }
@@ -164,7 +168,6 @@ export class SimKernel implements KernelBackend {
       // open() succeeds repeatedly; only one file may bind (§3.15).
       const handle: DeviceFile = Object.freeze({ kind: 'device', fdNumber: this.allocFd(), cdev });
       this.deviceFiles.set(handle, { handle, pci, binding: undefined });
-      this.osFds.set(handle, createMemfd(`vfio-sim:${pci.bdf}`));
       return handle;
     });
   }
@@ -184,7 +187,13 @@ export class SimKernel implements KernelBackend {
   }
 
   osFd(file: DeviceFile): number | undefined {
-    return this.osFds.get(file);
+    let fd = this.osFds.get(file);
+    const df = this.deviceFiles.get(file);
+    if (fd === undefined && df !== undefined) {
+      fd = createMemfd(`vfio-sim:${df.pci.bdf}`);
+      this.osFds.set(file, fd);
+    }
+    return fd;
   }
 
   onDeviceRequest(listener: (bdf: string) => void): void {
@@ -271,7 +280,7 @@ export class SimKernel implements KernelBackend {
   // ---- Restart without teardown (adopt.ts) ----
 
   storeFd(file: IommufdFile | DeviceFile): number | undefined {
-    return file.kind === 'device' ? this.osFds.get(file) : this.storeFds.iommufdFd(this.iommufds.get(file));
+    return file.kind === 'device' ? this.osFd(file) : this.storeFds.iommufdFd(this.iommufds.get(file));
   }
 
   async adoptFile(fd: number): Promise<IommufdFile | DeviceFile> {

@@ -49,32 +49,38 @@ export interface DeviceFileState {
 export interface Host {
   readonly traits: ProfileTraits;
   readonly inventory: readonly SimPciFunction[];
-  boundDeviceFiles(): Iterable<DeviceFileState & { binding: DeviceBinding }>;
+  /**
+   * The bound device files of one IOMMU group, kept by bind and unbind below.
+   * Per group like the kernel's `iommufd_group`, so a bind looks only at its
+   * siblings, not at every device file on the host.
+   */
+  boundInGroup(group: number): Set<BoundDeviceFile>;
 }
+
+export type BoundDeviceFile = DeviceFileState & { binding: DeviceBinding };
 
 /** VFIO_DEVICE_BIND_IOMMUFD; `file` is undefined when the iommufd fd is not open. */
 export function bind(host: Host, df: DeviceFileState, file: IommufdFileState | undefined): DeviceObject {
   if (df.binding) fail('EINVAL', 'this device file is already bound');
   if (file === undefined) fail('EBADF', 'iommufd is not an open file');
   const { pci } = df;
-  const bound = [...host.boundDeviceFiles()];
+  const bound = host.boundInGroup(pci.iommuGroup);
   // The cdev path allows one open_count per device: a second bound file is EINVAL.
-  if (bound.some((o) => o.pci.bdf === pci.bdf)) fail('EINVAL', `${pci.bdf} is bound through another file`);
+  for (const o of bound) if (o.pci.bdf === pci.bdf) fail('EINVAL', `${pci.bdf} is bound through another file`);
   // iommu_device_claim_dma_owner: the group must be unowned or owned by this iommufd.
   for (const sib of host.inventory) {
     if (sib.iommuGroup === pci.iommuGroup && sib.bdf !== pci.bdf && driverClaimsDefaultDomain(sib)) {
       fail('EPERM', `group ${pci.iommuGroup} sibling ${sib.bdf} is on kernel driver ${sib.driver}`);
     }
   }
-  if (bound.some((o) => o.pci.iommuGroup === pci.iommuGroup && o.binding.file.ctx !== file.ctx)) {
-    fail('EPERM', `group ${pci.iommuGroup} is owned by another iommufd`);
-  }
+  for (const o of bound) if (o.binding.file.ctx !== file.ctx) fail('EPERM', `group ${pci.iommuGroup} is owned by another iommufd`);
   const dev = file.ctx.insert(
     // users 1: the VFIO driver's reference, held until unbind (§3.1 "DEVICE ... always EBUSY").
     (id): DeviceObject => ({ id, type: 'DEVICE', users: 1, pci, destroying: false, vdevs: new Set() }),
   );
   file.refs += 2;
   df.binding = { file, dev };
+  bound.add(df as BoundDeviceFile);
   return dev;
 }
 
@@ -241,6 +247,7 @@ export function unbind(host: Host, df: DeviceFileState): IommufdFileState | unde
   const { file, dev } = binding;
   unbindDevice(host, file.ctx, dev);
   df.binding = undefined;
+  host.boundInGroup(df.pci.iommuGroup).delete(df as BoundDeviceFile);
   file.refs -= 2;
   return file;
 }

@@ -8,10 +8,10 @@
  * each broker round runs between two echo rounds), BENCH_TOPOLOGIES,
  * BENCH_TEARDOWN_SIZES, BENCH_TEARDOWN_REPS (default 9),
  * BENCH_OWNWORK_ITERS, BENCH_MEM_CONTEXTS, BENCH_MEM_PER_CONTEXT,
- * BENCH_FFI_CALLS, BENCH_AUDIT=0, BENCH_LOG_LEVEL, BENCH_PROFILE=1 (CPU
+ * BENCH_FFI_CALLS, BENCH_AUDIT=0, BENCH_JOURNAL=0, BENCH_LOG_LEVEL, BENCH_PROFILE=1 (CPU
  * profiles of the server processes into .cache/bench/prof; read them with
  * `bench/run.sh prof-top FILE`), BENCH_WORKLOADS=allocDestroy,bindUnbind,
- * allocDestroyAudited and BENCH_CONCURRENCY=1,64 (narrow a profiling run),
+ * allocDestroyAudited,allocDestroyJournaled,bindUnbindJournaled and BENCH_CONCURRENCY=1,64 (narrow a profiling run),
  * BENCH_ALT_DIST=DIR (a second build's compiled bench/ directory: its daemon
  * is measured in the same rounds, rows marked "candidate build").
  */
@@ -21,7 +21,7 @@ import { CACHE, Child, ROOT } from './lib/child.js';
 import type { LoadResult } from './lib/load.js';
 import { envInt, envList, machineInfo, machineLine, median, minMax, stealTicks } from './lib/stats.js';
 import { evaluateTargets, markdown, type Aggregate, type InprocTeardownPoint, type Results } from './report.js';
-import { compareTopologies, probeApplyTopology, runWorkload, startServers, teardownScaling, type Servers, type TopologyMode, type Workload } from './rpc.js';
+import { compareTopologies, ONLY_AT_64, probeApplyTopology, runWorkload, startServers, teardownScaling, type Servers, type TopologyMode, type Workload } from './rpc.js';
 
 const CONCURRENCIES = (envList('BENCH_CONCURRENCY') ?? ['1', '64']).map(Number) as (1 | 64)[];
 const only = envList('BENCH_ONLY');
@@ -79,6 +79,7 @@ async function singleOps(s: Servers, results: Results): Promise<void> {
     'allocDestroy',
     'bindUnbind',
     ...(s.audited ? (['allocDestroyAudited'] as const) : []),
+    ...(s.journaled ? (['allocDestroyJournaled', 'bindUnbindJournaled'] as const) : []),
     ...(s.alt ? (['allocDestroyAlt', 'bindUnbindAlt'] as const) : []),
   ];
   const picked = envList('BENCH_WORKLOADS');
@@ -96,7 +97,7 @@ async function singleOps(s: Servers, results: Results): Promise<void> {
     for (const c of CONCURRENCIES) {
       // echo, A, echo, B, echo, …: every broker round has an echo round on each side. The order
       // alternates so no workload always follows the same neighbour.
-      const order = (r % 2 ? [...workloads].reverse() : workloads).filter((w) => w !== 'allocDestroyAudited' || c === 64);
+      const order = (r % 2 ? [...workloads].reverse() : workloads).filter((w) => !ONLY_AT_64.includes(w) || c === 64);
       let before = await run('echo', c, r);
       (echoRuns[c] ??= []).push(before);
       for (const w of order) {
@@ -141,7 +142,7 @@ async function main(): Promise<void> {
     const topoParallel = 8;
     const altDist = process.env['BENCH_ALT_DIST'] ? path.resolve(process.env['BENCH_ALT_DIST']) : undefined;
     if (altDist) results.config['altDist'] = altDist;
-    const s = await startServers({ devices: 64 + 4 * topoParallel, logLevel, audit: process.env['BENCH_AUDIT'] !== '0', execArgv, altDist });
+    const s = await startServers({ devices: 64 + 4 * topoParallel, logLevel, audit: process.env['BENCH_AUDIT'] !== '0', journal: process.env['BENCH_JOURNAL'] !== '0', execArgv, altDist });
     try {
       if (wants('single')) await singleOps(s, results);
       if (wants('topology')) {

@@ -64,6 +64,8 @@ const LABELS: Record<string, string> = {
   allocDestroy: 'AllocIoas + DestroyObject',
   bindUnbind: 'BindDevice + UnbindDevice',
   allocDestroyAudited: 'AllocIoas + DestroyObject, audit log on (fdatasync)',
+  allocDestroyJournaled: 'AllocIoas + DestroyObject, restart journal on (fdatasync)',
+  bindUnbindJournaled: 'BindDevice + UnbindDevice, restart journal on (fdatasync)',
   allocDestroyAlt: 'AllocIoas + DestroyObject, candidate build',
   bindUnbindAlt: 'BindDevice + UnbindDevice, candidate build',
 };
@@ -159,6 +161,12 @@ export function markdown(r: Results): string {
       }
     }
     out.push('');
+    if (r.singleOps['allocDestroyJournaled'] || r.singleOps['bindUnbindJournaled']) {
+      out.push(
+        'The journal rows run the daemon with `restart.journalPath` set (fdatasync group commit before each reply), as the systemd unit does by default, but without an fd store: the bench has no NOTIFY_SOCKET, so the per-device FDSTORE message the unit also sends is not in these figures.',
+        '',
+      );
+    }
   }
   if (r.topology) {
     const { serial, parallel, echoP50Us } = r.topology;

@@ -38,6 +38,8 @@ export interface Servers {
   broker: BrokerHandle;
   /** The daemon with its audit log on (fdatasync), for one extra row. */
   audited: BrokerHandle | undefined;
+  /** The daemon with its restart journal on (fdatasync), as the systemd unit runs it. */
+  journaled: BrokerHandle | undefined;
   /** The daemon from another build (BENCH_ALT_DIST), measured in the same rounds. */
   alt: BrokerHandle | undefined;
   stop(): Promise<void>;
@@ -47,15 +49,23 @@ export interface ServerOptions {
   devices: number;
   logLevel: string;
   audit: boolean;
+  /** Also start a daemon with the restart journal on. */
+  journal: boolean;
   /** Extra node flags for the daemon children, e.g. --cpu-prof. */
   execArgv: string[];
   /** A second build's bench-dist/bench directory, to compare a candidate change side by side. */
   altDist?: string | undefined;
 }
 
-async function startBroker(dir: string, name: string, o: ServerOptions, auditPath: string, distDir?: string): Promise<BrokerHandle> {
+interface BrokerFiles {
+  auditPath: string;
+  journalPath?: string;
+}
+
+async function startBroker(dir: string, name: string, o: ServerOptions, files: BrokerFiles, distDir?: string): Promise<BrokerHandle> {
   const socket = path.join(dir, `${name}.sock`);
-  const child = await Child.start('server', ['broker', socket, JSON.stringify({ devices: o.devices, auditPath, logLevel: o.logLevel })], name, o.execArgv, distDir);
+  const options = { devices: o.devices, logLevel: o.logLevel, ...files };
+  const child = await Child.start('server', ['broker', socket, JSON.stringify(options)], name, o.execArgv, distDir);
   const channel = connect(`unix:${socket}`);
   const client = createClient(BrokerService, channel);
   const contexts: string[] = [];
@@ -68,17 +78,19 @@ export async function startServers(o: ServerOptions): Promise<Servers> {
   const echoSocket = path.join(dir, 'echo.sock');
   const echoChild = await Child.start('server', ['echo', echoSocket], 'echo-server', o.execArgv);
   const echo: ServerHandle = { child: echoChild, channel: connect(`unix:${echoSocket}`), cpu: () => echoChild.request<number>('cpu') };
-  const broker = await startBroker(dir, 'broker-server', o, '');
-  const audited = o.audit ? await startBroker(dir, 'broker-audit-server', o, path.join(dir, 'audit.log')) : undefined;
-  const alt = o.altDist ? await startBroker(dir, 'broker-alt-server', o, '', o.altDist) : undefined;
+  const broker = await startBroker(dir, 'broker-server', o, { auditPath: '' });
+  const audited = o.audit ? await startBroker(dir, 'broker-audit-server', o, { auditPath: path.join(dir, 'audit.log') }) : undefined;
+  const journaled = o.journal ? await startBroker(dir, 'broker-journal-server', o, { auditPath: '', journalPath: path.join(dir, 'journal') }) : undefined;
+  const alt = o.altDist ? await startBroker(dir, 'broker-alt-server', o, { auditPath: '' }, o.altDist) : undefined;
   return {
     dir,
     echo,
     broker,
     audited,
+    journaled,
     alt,
     async stop() {
-      for (const s of [echo, broker, audited, alt]) {
+      for (const s of [echo, broker, audited, journaled, alt]) {
         if (!s) continue;
         s.channel.close();
         await s.child.stop();
@@ -93,14 +105,31 @@ function contextIndex(w: number, k: number, concurrency: number): number {
   return (w + k * concurrency) % CONTEXTS;
 }
 
-export type Workload = 'echo' | 'allocDestroy' | 'bindUnbind' | 'allocDestroyAudited' | 'allocDestroyAlt' | 'bindUnbindAlt';
+export type Workload =
+  | 'echo'
+  | 'allocDestroy'
+  | 'bindUnbind'
+  | 'allocDestroyAudited'
+  | 'allocDestroyJournaled'
+  | 'bindUnbindJournaled'
+  | 'allocDestroyAlt'
+  | 'bindUnbindAlt';
+
+/** Extra rows measured at 64 in flight only. */
+export const ONLY_AT_64: readonly Workload[] = ['allocDestroyAudited', 'allocDestroyJournaled', 'bindUnbindJournaled'];
+
+function daemonFor(s: Servers, which: Exclude<Workload, 'echo'>): BrokerHandle | undefined {
+  if (which === 'allocDestroyAudited') return s.audited;
+  if (which.endsWith('Journaled')) return s.journaled;
+  return which.endsWith('Alt') ? s.alt : s.broker;
+}
 
 export function runWorkload(s: Servers, which: Workload, concurrency: number, rpcs: number): Promise<LoadResult> {
   if (which === 'echo') {
     const payload = randomBytes(32);
     return closedLoop(concurrency, rpcs, 1, async (_w, _k, rec) => void (await rec.time(() => echoCall(s.echo.channel, payload))), s.echo.cpu);
   }
-  const b = which === 'allocDestroyAudited' ? s.audited : which.endsWith('Alt') ? s.alt : s.broker;
+  const b = daemonFor(s, which);
   if (!b) throw new Error(`no daemon for ${which}`);
   if (which.startsWith('bindUnbind')) {
     return closedLoop(concurrency, rpcs, 2, async (w, k, rec) => {

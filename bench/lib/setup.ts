@@ -37,6 +37,8 @@ export interface BenchDaemonOptions {
   /** Audit log file, or '' for none. */
   auditPath: string;
   logLevel: Config['log']['level'];
+  /** Restart journal file (fdatasync), or '' / absent for none, whatever STATE_DIRECTORY says. */
+  journalPath?: string;
   /** Every device is assigned to this tenant. */
   tenant?: string;
 }
@@ -47,6 +49,7 @@ export function benchDaemonConfig(o: BenchDaemonOptions): Config {
   config.socket.path = o.socketPath;
   config.metrics.address = '';
   config.audit.path = o.auditPath;
+  config.restart.journalPath = o.journalPath ?? '';
   config.log.level = o.logLevel;
   config.sim.devices = benchInventory(o.devices);
   for (const d of config.sim.devices) config.assignments[d.bdf] = o.tenant ?? config.identity.defaultTenant;

@@ -362,14 +362,9 @@ export class Broker {
   }
 
   private teardownEnv(ctx: Context): TeardownEnv {
-    const parent = this.log;
-    let log: Logger | undefined;
     return {
       kernel: this.kernel,
-      // Made on first use: a teardown that goes as planned logs nothing on its own.
-      get log() {
-        return (log ??= parent.child({ contextId: ctx.id }));
-      },
+      log: this.log,
       onDeviceClosed: (device) => {
         const inv = this.inventory.resolve(device.deviceId, 'device_id');
         if (inv.boundTo === ctx.id) inv.boundTo = undefined;
@@ -381,12 +376,6 @@ export class Broker {
     const report = await runTeardown(ctx, this.teardownEnv(ctx), scope, reason);
     ctx.emit({ type: 'teardown', report });
     this.options.observer?.teardown?.(report);
-    const fields = { contextId: ctx.id, reason, steps: report.steps.length, failures: report.failures.length, vdevicesFoundTombstoned: report.vdevicesFoundTombstoned };
-    // A client's own UnbindDevice that went to plan is routine, like BindDevice, and is in the
-    // audit log; a context's end, a device request or anything that went wrong is worth a line.
-    if (report.failures.length > 0) this.log.warn(fields, 'teardown done with failed steps');
-    else if (reason === 'unbind' && report.vdevicesFoundTombstoned === 0) this.log.debug(fields, 'teardown done');
-    else this.log.info(fields, 'teardown done');
     return report;
   }
 

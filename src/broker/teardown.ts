@@ -20,12 +20,14 @@ export type TeardownScope = { kind: 'device'; device: DeviceObject } | { kind: '
 
 export interface TeardownEnv {
   kernel: KernelBackend;
+  /** The broker's logger; a teardown makes its own child (with the context ID) only when it logs. */
   log: Logger;
   /** Called after a device fd is closed, so the inventory marks it unbound. */
   onDeviceClosed(device: DeviceObject): void;
 }
 
 export interface TeardownTarget {
+  readonly id: string;
   registry: Registry;
   iommufd: IommufdFile;
 }
@@ -38,6 +40,25 @@ interface Run {
   env: TeardownEnv;
   scope: TeardownScope;
   report: TeardownReport;
+  log?: Logger;
+}
+
+function logOf(run: Run): Logger {
+  return (run.log ??= run.env.log.child({ contextId: run.target.id }));
+}
+
+/**
+ * The one line a teardown leaves. A client's own UnbindDevice that went to
+ * plan is routine, like BindDevice, and is in the audit log; a context's end,
+ * a device request, a tombstone found or a failed step is worth a line.
+ */
+function logDone(run: Run): void {
+  const { report } = run;
+  const fields = { reason: report.reason, steps: report.steps.length, failures: report.failures.length, vdevicesFoundTombstoned: report.vdevicesFoundTombstoned };
+  if (report.failures.length > 0) logOf(run).warn(fields, 'teardown done with failed steps');
+  else if (report.reason === 'unbind' && report.vdevicesFoundTombstoned === 0) {
+    if (run.env.log.isLevelEnabled('debug')) logOf(run).debug(fields, 'teardown done');
+  } else logOf(run).info(fields, 'teardown done');
 }
 
 type Phase = (run: Run) => Promise<void>;
@@ -65,6 +86,7 @@ export async function runTeardown(
   const report: TeardownReport = { reason, steps: [], vdevicesDestroyed: 0, vdevicesFoundTombstoned: 0, failures: [] };
   const run: Run = { target, env, scope, report };
   for (const phase of PHASES) await phase(run);
+  logDone(run);
   return report;
 }
 
@@ -97,7 +119,7 @@ async function attempt(run: Run, obj: BrokerObject, action: TeardownAction, call
       errno = err.errno;
       // ENOENT is an answer, not a transient failure: the caller interprets it.
       if (errno === 'ENOENT') return errno;
-      run.env.log.warn({ handle: obj.handle, kind: obj.kind, action, errno, attempt: i }, 'teardown step failed');
+      logOf(run).warn({ handle: obj.handle, kind: obj.kind, action, errno, attempt: i }, 'teardown step failed');
     }
   }
   run.report.failures.push({ handle: obj.handle, action, errno });

@@ -21,22 +21,18 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import koffi from 'koffi';
-import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultConfig } from '../../src/config/config.js';
-import { startDaemon, type Daemon } from '../../src/daemon.js';
-import { AdminService, DeviceState } from '../../src/gen/vfio_broker/v1/admin_pb.js';
-import { BrokerService } from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import type { Daemon } from '../../src/daemon.js';
+import { DeviceState } from '../../src/gen/vfio_broker/v1/admin_pb.js';
 import { HwptKind, ObjectType, TeardownAction, TeardownReason } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import type { LinuxKernel } from '../../src/kernel/linux/index.js';
 import { isKernelError, kernelId } from '../../src/kernel/types.js';
-import { createLogger } from '../../src/obs/log.js';
-import { connect, createClient } from '../../src/rpc/client.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import type { AdminClient, BrokerClient } from '../helpers/daemon.js';
 import { asTenantMetadata } from '../helpers/daemon.js';
+import { kernelFds, rpcError, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
 
 const IN_GUEST = existsSync('/dev/iommu');
 const TENANT = 'guest-vm';
@@ -47,38 +43,14 @@ const MAP_IOVA = 0x10_0000n; // 1 MiB: low, page aligned, far from the VT-d MSI 
 const MAP_LENGTH = MIB;
 const HW_INFO_TYPE_INTEL_VTD = 1;
 
-async function rpcError(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  throw new Error('expected the call to fail');
-}
-
-/** fds of this process that point at /dev/iommu or a VFIO device (the daemon runs in-process). */
-function kernelFds(): string[] {
-  const out: string[] = [];
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      const target = readlinkSync(`/proc/self/fd/${fd}`);
-      if (target === '/dev/iommu' || target.startsWith('/dev/vfio')) out.push(`${fd} -> ${target}`);
-    } catch {
-      // closed while listing (the readdir fd itself)
-    }
-  }
-  return out;
-}
-
 /** Inclusive ranges as hex, for messages and the summary. */
 const hexRanges = (rs: { start: bigint; last: bigint }[]) => rs.map((r) => `0x${r.start.toString(16)}..0x${r.last.toString(16)}`);
 const contains = (rs: { start: bigint; last: bigint }[], start: bigint, length: bigint) => rs.some((r) => r.start <= start && start + length - 1n <= r.last);
 
 describe.skipIf(!IN_GUEST)('the daemon (linux backend) over gRPC on the real kernel', () => {
-  let dir: string;
+  let guest: GuestDaemon | undefined;
   let daemon: Daemon;
   let kernel: LinuxKernel;
-  let channel: grpc.Client;
   let broker: BrokerClient;
   let admin: AdminClient;
   let bdf: string;
@@ -88,20 +60,10 @@ describe.skipIf(!IN_GUEST)('the daemon (linux backend) over gRPC on the real ker
 
   beforeAll(async () => {
     fdsBefore = kernelFds();
-    dir = mkdtempSync(path.join(os.tmpdir(), 'vfio-broker-guest-'));
-    const config = defaultConfig();
-    config.backend = 'linux';
-    config.socket.path = path.join(dir, 'broker.sock');
-    config.metrics.address = '127.0.0.1:0';
-    config.audit.path = path.join(dir, 'audit.log');
-    config.shutdown.drainSeconds = 5;
     const t0 = Date.now();
-    daemon = await startDaemon({ config, log: createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent') });
+    guest = await startGuestDaemon('guest');
+    ({ daemon, kernel, broker, admin } = guest);
     timings['startDaemonMs'] = Date.now() - t0;
-    kernel = daemon.kernel as LinuxKernel;
-    channel = connect(`unix:${config.socket.path}`);
-    broker = createClient(BrokerService, channel);
-    admin = createClient(AdminService, channel);
     const t1 = Date.now();
     await admin.getStatus({});
     timings['firstRpcMs'] = Date.now() - t1;
@@ -109,17 +71,13 @@ describe.skipIf(!IN_GUEST)('the daemon (linux backend) over gRPC on the real ker
   }, 180_000);
 
   afterAll(async () => {
-    channel?.close();
     const t0 = Date.now();
-    await daemon?.stop();
+    await stopGuestDaemon(guest ?? {});
     timings['stopMs'] = Date.now() - t0;
-    if (dir) rmSync(dir, { recursive: true, force: true });
     summary['timings'] = timings;
     const fdsAfterStop = kernelFds();
     summary['fdsAfterStop'] = fdsAfterStop;
-    const out = process.env['VFIO_BROKER_RESULTS_DIR'];
-    const json = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2);
-    if (out) writeFileSync(path.join(out, 'daemon.json'), `${json}\n`);
+    writeSummary('daemon.json', summary);
     process.stdout.write(
       `daemon: ${String(summary['status'] ?? 'no status')}; device ${bdf ?? '?'}; startDaemon ${timings['startDaemonMs']} ms, ` +
         `first RPC ${timings['firstRpcMs']} ms, stop ${timings['stopMs']} ms\n` +

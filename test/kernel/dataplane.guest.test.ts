@@ -21,17 +21,13 @@
  *
  * Writes $VFIO_BROKER_RESULTS_DIR/dataplane.json. Skipped outside the guest.
  */
-import * as grpc from '@grpc/grpc-js';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, readdirSync, readlinkSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import os from 'node:os';
+import { closeSync, existsSync, readdirSync, readlinkSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DeviceObject } from '../../src/broker/objects.js';
-import { defaultConfig } from '../../src/config/config.js';
-import { startDaemon, type Daemon } from '../../src/daemon.js';
-import { AdminService } from '../../src/gen/vfio_broker/v1/admin_pb.js';
-import { BrokerService, type WatchContextResponse } from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import type { Daemon } from '../../src/daemon.js';
+import type { WatchContextResponse } from '../../src/gen/vfio_broker/v1/broker_pb.js';
 import { TeardownAction, TeardownReason } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { irqInfo } from '../../src/kernel/linux/device-request.js';
 import type { LinuxKernel } from '../../src/kernel/linux/index.js';
@@ -39,12 +35,11 @@ import { VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_REQ_IRQ_INDEX, VFIO_REGION_INFO_FLAG_RE
 import { createLibcSyscalls } from '../../src/kernel/linux/syscalls.js';
 import { createMemfd } from '../../src/kernel/memfd.js';
 import { kernelId } from '../../src/kernel/types.js';
-import { createLogger } from '../../src/obs/log.js';
-import { connect, createClient } from '../../src/rpc/client.js';
 import { redeemDeviceFd, uploadMemfd } from '../../src/rpc/handoff-client.js';
 import type { AdminClient, BrokerClient } from '../helpers/daemon.js';
 import { asTenantMetadata } from '../helpers/daemon.js';
 import { eduDma, eduId, enableDma, openEdu, restoreCommand } from './edu.js';
+import { kernelFds, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
 
 const IN_GUEST = existsSync('/dev/iommu');
 const TENANT = 'guest-dataplane';
@@ -56,20 +51,6 @@ const SYS = '/sys/bus/pci';
 type Range = { start: bigint; last: bigint };
 const inRanges = (rs: Range[], start: bigint, length: bigint) => rs.some((r) => r.start <= start && start + length - 1n <= r.last);
 const hex = (v: bigint | number) => `0x${v.toString(16)}`;
-
-/** fds of this process on /dev/iommu or a VFIO device (the daemon runs in-process). */
-function kernelFds(): string[] {
-  const out: string[] = [];
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      const target = readlinkSync(`/proc/self/fd/${fd}`);
-      if (target === '/dev/iommu' || target.startsWith('/dev/vfio')) out.push(`${fd} -> ${target}`);
-    } catch {
-      // the directory's own fd
-    }
-  }
-  return out;
-}
 
 const driverOf = (bdf: string) => (existsSync(`${SYS}/devices/${bdf}/driver`) ? path.basename(readlinkSync(`${SYS}/devices/${bdf}/driver`)) : undefined);
 const cdevsOf = (bdf: string) => (existsSync(`${SYS}/devices/${bdf}/vfio-dev`) ? readdirSync(`${SYS}/devices/${bdf}/vfio-dev`) : []);
@@ -99,10 +80,9 @@ function until<T>(what: string, get: () => T | undefined, timeoutMs = 60_000): P
 }
 
 describe.skipIf(!IN_GUEST)('data plane and device request on the real kernel (linux backend, edu)', () => {
-  let dir: string;
+  let guest: GuestDaemon | undefined;
   let daemon: Daemon;
   let kernel: LinuxKernel;
-  let channel: grpc.Client;
   let broker: BrokerClient;
   let admin: AdminClient;
   let bdf: string;
@@ -121,18 +101,8 @@ describe.skipIf(!IN_GUEST)('data plane and device request on the real kernel (li
 
   beforeAll(async () => {
     fdsBefore = kernelFds();
-    dir = mkdtempSync(path.join(os.tmpdir(), 'vfio-broker-dataplane-'));
-    const config = defaultConfig();
-    config.backend = 'linux';
-    config.socket.path = path.join(dir, 'broker.sock');
-    config.metrics.address = '127.0.0.1:0';
-    config.audit.path = path.join(dir, 'audit.log');
-    config.shutdown.drainSeconds = 5;
-    daemon = await startDaemon({ config, log: createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent') });
-    kernel = daemon.kernel as LinuxKernel;
-    channel = connect(`unix:${config.socket.path}`);
-    broker = createClient(BrokerService, channel);
-    admin = createClient(AdminService, channel);
+    guest = await startGuestDaemon('dataplane');
+    ({ daemon, kernel, broker, admin } = guest);
     const edu = (await admin.listDevices({})).devices.find((d) => d.cdev !== '' && d.vendorId === 0x1234 && d.pciDeviceId === 0x11e8)!;
     expect(edu, 'the edu device on vfio-pci').toBeDefined();
     bdf = edu.id;
@@ -141,16 +111,12 @@ describe.skipIf(!IN_GUEST)('data plane and device request on the real kernel (li
   }, 180_000);
 
   afterAll(async () => {
-    channel?.close();
-    await daemon?.stop(); // closes every fd, which also lets a stuck unbind finish
+    await stopGuestDaemon(guest ?? {}); // closes every fd, which also lets a stuck unbind finish
     if (pendingUnbind) summary['unbindExitAfterStop'] = await Promise.race([pendingUnbind, new Promise((r) => setTimeout(() => r('still blocked'), 30_000))]);
     if (bdf) rebindVfioPci(bdf);
     summary['driverAtEnd'] = bdf ? driverOf(bdf) : undefined;
     summary['fdsAfterStop'] = kernelFds();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    const out = process.env['VFIO_BROKER_RESULTS_DIR'];
-    const json = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? hex(v) : v), 2);
-    if (out) writeFileSync(path.join(out, 'dataplane.json'), `${json}\n`);
+    const json = writeSummary('dataplane.json', summary, hex);
     process.stdout.write(`dataplane: ${json.replace(/\s+/g, ' ')}\n`);
     if (bdf) expect(driverOf(bdf)).toBe('vfio-pci');
     if (fdsBefore) expect(kernelFds()).toEqual(fdsBefore);

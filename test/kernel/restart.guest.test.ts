@@ -34,6 +34,7 @@ import { uploadMemfd } from '../../src/rpc/handoff-client.js';
 import { buildForChildProcess } from '../helpers/built-daemon.js';
 import { asTenantMetadata } from '../helpers/daemon.js';
 import { FakeSystemd } from '../helpers/fake-systemd.js';
+import { writeSummary } from './guest-daemon.js';
 
 const IN_GUEST = existsSync('/dev/iommu');
 const TENANT = 'guest-vm';
@@ -94,9 +95,7 @@ describe.skipIf(!IN_GUEST)('restart without teardown on the real kernel', () => 
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     systemd?.close();
     if (dir) rmSync(dir, { recursive: true, force: true });
-    const out = process.env['VFIO_BROKER_RESULTS_DIR'];
-    const json = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2);
-    if (out) writeFileSync(path.join(out, 'restart.json'), `${json}\n`);
+    const json = writeSummary('restart.json', summary);
     process.stdout.write(`restart: ${json}\n`);
   });
 

@@ -17,25 +17,18 @@
  * tombstoned ID is never reused while freed IDs are; CloseContext of a full
  * graph. Writes $VFIO_BROKER_RESULTS_DIR/viommu.json. Skipped outside the guest.
  */
-import * as grpc from '@grpc/grpc-js';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultConfig } from '../../src/config/config.js';
-import { startDaemon, type Daemon } from '../../src/daemon.js';
-import { AdminService } from '../../src/gen/vfio_broker/v1/admin_pb.js';
-import { BrokerService } from '../../src/gen/vfio_broker/v1/broker_pb.js';
+import type { Daemon } from '../../src/daemon.js';
 import { HwptKind, ObjectState, TeardownAction, ViommuType } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import type { LinuxKernel } from '../../src/kernel/linux/index.js';
 import { SimFaults } from '../../src/kernel/sim/index.js';
 import { isKernelError, kernelId } from '../../src/kernel/types.js';
-import { createLogger } from '../../src/obs/log.js';
-import { connect, createClient } from '../../src/rpc/client.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import type { AdminClient, BrokerClient } from '../helpers/daemon.js';
 import { asTenantMetadata } from '../helpers/daemon.js';
 import { SELFTEST_HWPT_DATA, SELFTEST_HWPT_DATA_TYPE } from '../helpers/lifecycle.js';
+import { rpcError, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
 
 const IN_GUEST = existsSync('/dev/iommu');
 const TENANT = 'guest-viommu';
@@ -46,38 +39,22 @@ const HW_INFO_TYPE_SELFTEST = 0xfeedbeef;
 const action = (a: TeardownAction) => TeardownAction[a];
 
 describe.skipIf(!IN_GUEST)('vIOMMU/vDEVICE and the unbind teardown through the daemon (mock devices, real kernel)', () => {
-  let dir: string;
+  let guest: GuestDaemon | undefined;
   let daemon: Daemon;
   let kernel: LinuxKernel;
-  let channel: grpc.Client;
   let broker: BrokerClient;
   let admin: AdminClient;
   const faults = new SimFaults();
   const summary: Record<string, unknown> = {};
 
   beforeAll(async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'vfio-broker-viommu-'));
-    const config = defaultConfig();
-    config.backend = 'linux';
-    config.linux.selftestDevices = true;
-    config.socket.path = path.join(dir, 'broker.sock');
-    config.metrics.address = '127.0.0.1:0';
-    config.audit.path = path.join(dir, 'audit.log');
-    config.shutdown.drainSeconds = 5;
-    daemon = await startDaemon({ config, log: createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent'), kernelFaults: faults });
-    kernel = daemon.kernel as LinuxKernel;
-    channel = connect(`unix:${config.socket.path}`);
-    broker = createClient(BrokerService, channel);
-    admin = createClient(AdminService, channel);
+    guest = await startGuestDaemon('viommu', { tweak: (config) => (config.linux.selftestDevices = true), kernelFaults: faults });
+    ({ daemon, kernel, broker, admin } = guest);
   }, 180_000);
 
   afterAll(async () => {
-    channel?.close();
-    await daemon?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    const out = process.env['VFIO_BROKER_RESULTS_DIR'];
-    const json = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2);
-    if (out) writeFileSync(path.join(out, 'viommu.json'), `${json}\n`);
+    await stopGuestDaemon(guest ?? {});
+    const json = writeSummary('viommu.json', summary, Number);
     process.stdout.write(`viommu: ${json}\n`);
   }, 120_000);
 
@@ -138,8 +115,8 @@ describe.skipIf(!IN_GUEST)('vIOMMU/vDEVICE and the unbind teardown through the d
 
     // The dead vDEVICE is named as such; the rest is destroyable, which the real kernel only allows
     // once nothing holds it: proof the teardown released every reference.
-    const err = await broker.destroyObject({ contextId: vm.contextId, handle: vm.vdevice.handle }, meta).catch((e: grpc.ServiceError) => e);
-    expect(errorInfoOf(err as grpc.ServiceError)?.reason).toBe('VDEVICE_DESTROYED_ON_UNBIND');
+    const err = await rpcError(broker.destroyObject({ contextId: vm.contextId, handle: vm.vdevice.handle }, meta));
+    expect(errorInfoOf(err)?.reason).toBe('VDEVICE_DESTROYED_ON_UNBIND');
     for (const h of [vm.viommu.handle, vm.nestParent.handle, vm.ioas.handle]) await broker.destroyObject({ contextId: vm.contextId, handle: h }, meta);
     const { teardown: close } = await broker.closeContext({ contextId: vm.contextId }, meta);
     expect(close!.steps.map((s) => action(s.action))).toEqual(['CLOSE_IOMMUFD']);

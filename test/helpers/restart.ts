@@ -32,6 +32,29 @@ export function killable(sim: SimKernel): { kernel: SimKernel; kill(): void } {
   return { kernel, kill: () => (dead = true) };
 }
 
+/**
+ * The sim's next call of `method`, as a daemon issues it: when it starts and
+ * when it settles. The method is the prototype's again from that call on.
+ * Lets a test kill the daemon while that call is in the kernel, whatever the
+ * machine's load, instead of guessing with a sleep.
+ */
+export function nextCall(sim: SimKernel, method: 'ioasAlloc' | 'attachPt'): { started: Promise<void>; settled: Promise<void> } {
+  const own = sim as unknown as Record<string, unknown>;
+  const original = sim[method] as (...args: unknown[]) => Promise<unknown>;
+  let start!: () => void;
+  let settle!: () => void;
+  const started = new Promise<void>((resolve) => (start = resolve));
+  const settled = new Promise<void>((resolve) => (settle = resolve));
+  own[method] = function (this: SimKernel, ...args: unknown[]) {
+    delete own[method];
+    start();
+    const result = original.apply(this, args);
+    result.then(settle, settle);
+    return result;
+  };
+  return { started, settled };
+}
+
 export interface Incarnation extends TestDaemon {
   store: MemoryFdStore;
   /** SIGKILL: nothing of this daemon runs any more. */

@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createSimKernel, type SimKernel } from '../../src/kernel/sim/index.js';
 import { HwptKind, TeardownAction } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { assignDevices, buildVm, meta } from '../helpers/lifecycle.js';
-import { restartHost, type Host, type Incarnation } from '../helpers/restart.js';
+import { nextCall, restartHost, type Host, type Incarnation } from '../helpers/restart.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -53,10 +53,11 @@ describe('killed mid-operation (sim, one process)', () => {
     await td.broker.attachDevice({ contextId, device, target: ioas1 }, meta);
     const ioas2 = (await td.broker.allocIoas({ contextId }, meta)).ioas!.handle;
     sim.faults.setLatency(40, { ops: ['attach_pt'] });
+    const attach = nextCall(sim, 'attachPt');
     void td.broker.attachDevice({ contextId, device, target: ioas2 }, meta).catch(() => undefined);
-    await sleep(10);
+    await attach.started;
     await td.crash();
-    await sleep(60); // the ioctl the dead daemon issued completes
+    await attach.settled; // the ioctl the dead daemon issued completes
     sim.faults.clear();
     const ctxFile = td.daemon.broker.inspectContext(contextId)!.iommufd;
     const before = sim.objects(ctxFile);
@@ -83,10 +84,11 @@ describe('killed mid-operation (sim, one process)', () => {
     const { contextId } = await td.broker.openContext({}, meta);
     const ioas = (await td.broker.allocIoas({ contextId }, meta)).ioas!;
     sim.faults.setLatency(30, { ops: ['ioas_alloc'] });
+    const alloc = nextCall(sim, 'ioasAlloc');
     void td.broker.allocIoas({ contextId }, meta).catch(() => undefined);
-    await sleep(5);
+    await alloc.started;
     await td.crash();
-    await sleep(50);
+    await alloc.settled; // the ioctl the dead daemon issued completes
     sim.faults.clear();
     td = await host.start();
     const { quarantined } = await td.admin.getStatus({});

@@ -12,7 +12,7 @@
 import type { DeviceFile, IommufdFile, KernelBackend } from '../kernel/types.js';
 
 export interface FdStore {
-  /** `systemd` or `memory`: for logs and status. */
+  /** `systemd`, `memory`, or `none` (a journal without an fd store keeps no copies): for logs and status. */
   readonly kind: string;
   /** The fds handed back at this start, by name; each stays in the store until removed. */
   readonly restored: ReadonlyMap<string, number>;

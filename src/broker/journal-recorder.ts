@@ -106,6 +106,9 @@ export class RestartRecorder {
   }
 
   private store(file: IommufdFile | DeviceFile, name: string): void {
+    // Without an fd store (no NOTIFY_SOCKET) there is nowhere to keep a copy: asking the backend
+    // for one would only cost (the sim makes its memfds on demand).
+    if (this.o.store.kind === 'none') return;
     const fd = this.o.storeFd(file);
     if (fd === undefined) {
       this.o.log.warn({ name }, 'file not stored for restart: the backend has no fd for it');

@@ -5,7 +5,8 @@
  * and handles. Mismatches between journal, store and kernel are quarantined.
  */
 import * as grpc from '@grpc/grpc-js';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { deviceName, iommufdName } from '../../src/broker/fd-store.js';
 import { createSimKernel, type SimKernel } from '../../src/kernel/sim/index.js';
@@ -13,7 +14,7 @@ import { kernelId } from '../../src/kernel/types.js';
 import { DeviceState } from '../../src/gen/vfio_broker/v1/admin_pb.js';
 import { HwptKind, TeardownAction } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
-import { registryMatchesKernel } from '../helpers/daemon.js';
+import { registryMatchesKernel, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 import { assignDevices, buildVm, meta, type VmGraph } from '../helpers/lifecycle.js';
 import { restartHost, type Host, type Incarnation } from '../helpers/restart.js';
 
@@ -194,5 +195,33 @@ describe('restart without teardown (sim, one process)', () => {
     td = await host.start();
     const { quarantined } = await td.admin.getStatus({});
     expect(quarantined.find((q) => q.reason === 'host_rebooted')).toMatchObject({ contextId });
+  });
+});
+
+describe('restart journal without an fd store (no NOTIFY_SOCKET)', () => {
+  let td: TestDaemon | undefined;
+  afterEach(async () => {
+    await td?.stop();
+  });
+
+  /** This process's fds on the sim's device memfds (the daemon runs in-process). */
+  const simDeviceFds = () => readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:vfio-sim:');
+    } catch {
+      return false;
+    }
+  });
+
+  it('journals every change but asks the backend for no fd to keep', async () => {
+    const before = simDeviceFds().length;
+    td = await startTestDaemon('linux-6.17', (c) => (c.restart.journalPath = path.join(path.dirname(c.socket.path), 'journal')));
+    const [deviceId] = await assignDevices(td, 1);
+    const vm = await buildVm(td, deviceId!);
+    // Nowhere to keep a copy, so no device file was turned into a real fd for one.
+    expect(simDeviceFds().length).toBe(before);
+    const journal = readFileSync(path.join(path.dirname(td.socketPath), 'journal'), 'utf8');
+    expect(journal).toContain(`"c":"${vm.contextId}"`);
+    expect(journal).toContain('"t":"done"');
   });
 });

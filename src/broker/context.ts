@@ -37,10 +37,12 @@ export class Context {
     return this.listeners.size;
   }
 
-  emit(event: ContextEvent): SequencedEvent {
-    const sequenced = { sequence: ++this.sequence, time: new Date(), event };
+  emit(event: ContextEvent): void {
+    const sequence = ++this.sequence;
+    // Most contexts have no watcher: the numbering still advances, nothing else is built.
+    if (this.listeners.size === 0) return;
+    const sequenced = { sequence, time: new Date(), event };
     for (const listener of this.listeners) listener(sequenced);
-    return sequenced;
   }
 
   /** Adds a watcher; returns the function that removes it. */

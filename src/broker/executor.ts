@@ -20,10 +20,10 @@ export class FifoExecutor {
   }
 
   run<T>(task: () => Promise<T>): Promise<T> {
-    const enqueued = process.hrtime.bigint();
+    const enqueued = this.onWait ? performance.now() : 0;
     this.waiting++;
     const result = this.tail.then(() => {
-      this.onWait?.(Number(process.hrtime.bigint() - enqueued) / 1e9);
+      this.onWait?.((performance.now() - enqueued) / 1000);
       return task();
     });
     // A failed task must not stall the ones behind it.

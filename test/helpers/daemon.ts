@@ -44,25 +44,36 @@ export async function startTestDaemon(
   config.audit.path = path.join(dir, 'audit.log');
   tweak(config);
   const daemon = await startDaemon({ config, log });
+  const clients = connectClients(config.socket.path);
+  return {
+    daemon,
+    socketPath: config.socket.path,
+    auditPath: config.audit.path,
+    ...clients,
+    async stop() {
+      clients.closeAll();
+      await daemon.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Typed clients on one connection to the daemon's socket; `newChannel` opens more, `closeAll` closes every one. */
+export function connectClients(socketPath: string): Pick<TestDaemon, 'channel' | 'broker' | 'admin' | 'newChannel'> & { closeAll(): void } {
   const channels: grpc.Client[] = [];
   const newChannel = () => {
-    const ch = connect(`unix:${config.socket.path}`);
+    const ch = connect(`unix:${socketPath}`);
     channels.push(ch);
     return ch;
   };
   const channel = newChannel();
   return {
-    daemon,
-    socketPath: config.socket.path,
-    auditPath: config.audit.path,
     channel,
     broker: createClient(BrokerService, channel),
     admin: createClient(AdminService, channel),
     newChannel,
-    async stop() {
+    closeAll: () => {
       for (const ch of channels) ch.close();
-      await daemon.stop();
-      rmSync(dir, { recursive: true, force: true });
     },
   };
 }

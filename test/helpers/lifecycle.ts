@@ -1,5 +1,5 @@
 /** A VM's device graph, built step by step over the public API. */
-import { HwptKind, ViommuType } from '../../src/gen/vfio_broker/v1/objects_pb.js';
+import { HwptKind, TeardownAction, ViommuType } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import type { TestDaemon } from './daemon.js';
 import { asTenantMetadata } from './daemon.js';
 
@@ -27,6 +27,35 @@ export interface VmGraph {
   viommu: bigint;
   vdevice: bigint;
   nested: bigint;
+}
+
+/** The handles of a VM graph that its teardown touches. */
+export type GraphHandles = Pick<VmGraph, 'device' | 'vdevice' | 'nested' | 'viommu' | 'nestParent' | 'ioas'>;
+
+/** UnbindDevice of the graph's device in the legal order (kernel-uapi.md §4.6), as [action, handle]. */
+export function unbindOrder(vm: GraphHandles): [TeardownAction, bigint][] {
+  return [
+    [TeardownAction.MOVE_OFF_NESTED, vm.device],
+    [TeardownAction.DESTROY, vm.vdevice],
+    [TeardownAction.DESTROY, vm.nested],
+    [TeardownAction.DETACH, vm.device],
+    [TeardownAction.CLOSE_DEVICE, vm.device],
+  ];
+}
+
+/** CloseContext of the whole graph in the legal order (kernel-uapi.md §4.6), as [action, handle]. */
+export function closeOrder(vm: GraphHandles): [TeardownAction, bigint][] {
+  return [
+    [TeardownAction.MOVE_OFF_NESTED, vm.device],
+    [TeardownAction.DESTROY, vm.vdevice],
+    [TeardownAction.DESTROY, vm.nested],
+    [TeardownAction.DESTROY, vm.viommu],
+    [TeardownAction.DETACH, vm.device],
+    [TeardownAction.DESTROY, vm.nestParent],
+    [TeardownAction.DESTROY, vm.ioas],
+    [TeardownAction.CLOSE_DEVICE, vm.device],
+    [TeardownAction.CLOSE_IOMMUFD, 0n],
+  ];
 }
 
 /** open → bind → IOAS → attach → nest parent → vIOMMU → vDEVICE → nested HWPT → attach nested. */

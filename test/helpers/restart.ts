@@ -5,19 +5,15 @@
  * daemon makes no kernel call, writes no journal line and changes nothing in
  * the store; only its listeners are closed so the next daemon can bind them.
  */
-import * as grpc from '@grpc/grpc-js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { MemoryFdStore } from '../../src/broker/fd-store.js';
 import { defaultConfig, type Config } from '../../src/config/config.js';
 import { startDaemon } from '../../src/daemon.js';
-import { AdminService } from '../../src/gen/vfio_broker/v1/admin_pb.js';
-import { BrokerService } from '../../src/gen/vfio_broker/v1/broker_pb.js';
 import type { SimKernel } from '../../src/kernel/sim/index.js';
 import { createLogger } from '../../src/obs/log.js';
-import { connect, createClient } from '../../src/rpc/client.js';
-import type { TestDaemon } from './daemon.js';
+import { connectClients, type TestDaemon } from './daemon.js';
 
 /** A view of `sim` that stops dead on kill(): every call after it never returns. */
 export function killable(sim: SimKernel): { kernel: SimKernel; kill(): void } {
@@ -94,24 +90,15 @@ export function restartHost(sim: SimKernel): Host {
       const store = host.store;
       const k = killable(sim);
       const daemon = await startDaemon({ config, log: createLogger(process.env['VFIO_BROKER_TEST_LOG'] ?? 'silent'), kernel: k.kernel, fdStore: store });
-      const channels: grpc.Client[] = [];
-      const newChannel = () => {
-        const ch = connect(`unix:${config.socket.path}`);
-        channels.push(ch);
-        return ch;
-      };
-      const channel = newChannel();
+      const clients = connectClients(config.socket.path);
       return {
         daemon,
         store,
         socketPath: config.socket.path,
         auditPath: '',
-        channel,
-        broker: createClient(BrokerService, channel),
-        admin: createClient(AdminService, channel),
-        newChannel,
+        ...clients,
         async stop() {
-          for (const ch of channels) ch.close();
+          clients.closeAll();
           await daemon.stop();
         },
         async crash() {
@@ -119,7 +106,7 @@ export function restartHost(sim: SimKernel): Host {
           daemon.restart?.journal.freeze();
           store.freeze();
           host.store = store.handBack();
-          for (const ch of channels) ch.close();
+          clients.closeAll();
           await daemon.abandon();
         },
       };

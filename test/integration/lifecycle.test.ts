@@ -1,10 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ObjectState, ObjectType, TeardownAction } from '../../src/gen/vfio_broker/v1/objects_pb.js';
+import { ObjectState, ObjectType } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { DeviceState } from '../../src/gen/vfio_broker/v1/admin_pb.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import { registryMatchesKernel, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
-import { assignDevices, buildVm, meta } from '../helpers/lifecycle.js';
+import { assignDevices, buildVm, closeOrder, meta } from '../helpers/lifecycle.js';
 
 async function rpcError(p: Promise<unknown>): Promise<grpc.ServiceError> {
   try {
@@ -47,17 +47,7 @@ describe('a VM lifecycle over gRPC', () => {
 
     const { teardown } = await td.broker.closeContext({ contextId: vm.contextId }, meta);
     const order = teardown!.steps.map((s) => [s.action, s.handle]);
-    expect(order).toEqual([
-      [TeardownAction.MOVE_OFF_NESTED, vm.device],
-      [TeardownAction.DESTROY, vm.vdevice],
-      [TeardownAction.DESTROY, vm.nested],
-      [TeardownAction.DESTROY, vm.viommu],
-      [TeardownAction.DETACH, vm.device],
-      [TeardownAction.DESTROY, vm.nestParent],
-      [TeardownAction.DESTROY, vm.ioas],
-      [TeardownAction.CLOSE_DEVICE, vm.device],
-      [TeardownAction.CLOSE_IOMMUFD, 0n],
-    ]);
+    expect(order).toEqual(closeOrder(vm));
     expect(teardown!.vdevicesDestroyed).toBe(1);
     expect(td.daemon.sim!.liveObjectCount()).toBe(0);
     expect(td.daemon.sim!.openFileCount()).toBe(0);

@@ -12,10 +12,10 @@ import { deviceName, iommufdName } from '../../src/broker/fd-store.js';
 import { createSimKernel, type SimKernel } from '../../src/kernel/sim/index.js';
 import { kernelId } from '../../src/kernel/types.js';
 import { DeviceState } from '../../src/gen/vfio_broker/v1/admin_pb.js';
-import { HwptKind, TeardownAction } from '../../src/gen/vfio_broker/v1/objects_pb.js';
+import { HwptKind } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import { registryMatchesKernel, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
-import { assignDevices, buildVm, meta, type VmGraph } from '../helpers/lifecycle.js';
+import { assignDevices, buildVm, closeOrder, meta, type VmGraph } from '../helpers/lifecycle.js';
 import { restartHost, type Host, type Incarnation } from '../helpers/restart.js';
 
 /** Everything the sim has, per context: what no restart may change. */
@@ -85,17 +85,7 @@ describe('restart without teardown (sim, one process)', () => {
 
     // Teardown still runs in the legal order, and leaves nothing behind.
     const { teardown } = await td.broker.closeContext({ contextId: vm.contextId }, meta);
-    expect(teardown!.steps.map((s) => [s.action, s.handle])).toEqual([
-      [TeardownAction.MOVE_OFF_NESTED, vm.device],
-      [TeardownAction.DESTROY, vm.vdevice],
-      [TeardownAction.DESTROY, vm.nested],
-      [TeardownAction.DESTROY, vm.viommu],
-      [TeardownAction.DETACH, vm.device],
-      [TeardownAction.DESTROY, vm.nestParent],
-      [TeardownAction.DESTROY, vm.ioas],
-      [TeardownAction.CLOSE_DEVICE, vm.device],
-      [TeardownAction.CLOSE_IOMMUFD, 0n],
-    ]);
+    expect(teardown!.steps.map((s) => [s.action, s.handle])).toEqual(closeOrder(vm));
     expect(td.store.held.has(iommufdName(vm.contextId))).toBe(false);
     expect(td.store.held.has(deviceName(vm.contextId, Number(vm.device)))).toBe(false);
     await td.broker.closeContext({ contextId: vms[1]!.contextId }, meta);

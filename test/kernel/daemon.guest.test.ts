@@ -32,7 +32,7 @@ import { isKernelError, kernelId } from '../../src/kernel/types.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import type { AdminClient, BrokerClient } from '../helpers/daemon.js';
 import { asTenantMetadata } from '../helpers/daemon.js';
-import { kernelFds, rpcError, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
+import { inRanges, kernelFds, rpcError, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
 
 const IN_GUEST = existsSync('/dev/iommu');
 const TENANT = 'guest-vm';
@@ -45,7 +45,6 @@ const HW_INFO_TYPE_INTEL_VTD = 1;
 
 /** Inclusive ranges as hex, for messages and the summary. */
 const hexRanges = (rs: { start: bigint; last: bigint }[]) => rs.map((r) => `0x${r.start.toString(16)}..0x${r.last.toString(16)}`);
-const contains = (rs: { start: bigint; last: bigint }[], start: bigint, length: bigint) => rs.some((r) => r.start <= start && start + length - 1n <= r.last);
 
 describe.skipIf(!IN_GUEST)('the daemon (linux backend) over gRPC on the real kernel', () => {
   let guest: GuestDaemon | undefined;
@@ -130,7 +129,7 @@ describe.skipIf(!IN_GUEST)('the daemon (linux backend) over gRPC on the real ker
     const ioasId = kernelId(ioas.kernelId);
     const before = await kernel.ioasIovaRanges(iommufd, ioasId);
     summary['rangesBeforeAttach'] = hexRanges(before.ranges);
-    expect(contains(before.ranges, MAP_IOVA, MAP_LENGTH)).toBe(true);
+    expect(inRanges(before.ranges, MAP_IOVA, MAP_LENGTH)).toBe(true);
     // A page-aligned window of a buffer this process owns (anonymous memory: >128 KiB is mmap'ed by malloc).
     const backing = Buffer.alloc(Number(MAP_LENGTH) + 4096);
     const base = BigInt(koffi.address(backing));
@@ -151,7 +150,7 @@ describe.skipIf(!IN_GUEST)('the daemon (linux backend) over gRPC on the real ker
     summary['iovaAlignment'] = after.alignment;
     // The VT-d domain narrows the IOAS to its aperture (39-bit here) and reserves the interrupt
     // window 0xfee00000..0xfeefffff (intel-iommu's IOMMU_RESV_MSI region); the mapping stays inside.
-    expect(contains(after.ranges, MAP_IOVA, MAP_LENGTH)).toBe(true);
+    expect(inRanges(after.ranges, MAP_IOVA, MAP_LENGTH)).toBe(true);
     expect(after.ranges.at(-1)!.last).toBeLessThan(0xffff_ffff_ffff_ffffn);
     expect(after.ranges.some((r) => r.start <= 0xfee0_0000n && 0xfee0_0000n <= r.last)).toBe(false);
     expect(after.alignment).toBeGreaterThanOrEqual(4096n);

@@ -39,7 +39,7 @@ import { redeemDeviceFd, uploadMemfd } from '../../src/rpc/handoff-client.js';
 import type { AdminClient, BrokerClient } from '../helpers/daemon.js';
 import { asTenantMetadata } from '../helpers/daemon.js';
 import { eduDma, eduId, enableDma, openEdu, restoreCommand } from './edu.js';
-import { kernelFds, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
+import { inRanges, kernelFds, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
 
 const IN_GUEST = existsSync('/dev/iommu');
 const TENANT = 'guest-dataplane';
@@ -48,8 +48,6 @@ const MIB = 1n << 20n;
 const FIXED_IOVA = 0x10_0000n; // low (edu's DMA mask is 28 bits), page aligned, far from the MSI window
 const SYS = '/sys/bus/pci';
 
-type Range = { start: bigint; last: bigint };
-const inRanges = (rs: Range[], start: bigint, length: bigint) => rs.some((r) => r.start <= start && start + length - 1n <= r.last);
 const hex = (v: bigint | number) => `0x${v.toString(16)}`;
 
 const driverOf = (bdf: string) => (existsSync(`${SYS}/devices/${bdf}/driver`) ? path.basename(readlinkSync(`${SYS}/devices/${bdf}/driver`)) : undefined);

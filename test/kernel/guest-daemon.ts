@@ -81,6 +81,11 @@ export async function rpcError(p: Promise<unknown>): Promise<grpc.ServiceError> 
   throw new Error('expected the call to fail');
 }
 
+/** Whether [start, start+length) lies inside one of the inclusive ranges (IOAS_IOVA_RANGES). */
+export function inRanges(ranges: readonly { start: bigint; last: bigint }[], start: bigint, length: bigint): boolean {
+  return ranges.some((r) => r.start <= start && start + length - 1n <= r.last);
+}
+
 /** Writes `summary` as $VFIO_BROKER_RESULTS_DIR/`file` (when set); returns the JSON. */
 export function writeSummary(file: string, summary: Record<string, unknown>, bigint: (v: bigint) => unknown = (v) => `0x${v.toString(16)}`): string {
   const json = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? bigint(v) : v), 2);

@@ -27,7 +27,7 @@ import { isKernelError, kernelId } from '../../src/kernel/types.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
 import type { AdminClient, BrokerClient } from '../helpers/daemon.js';
 import { asTenantMetadata } from '../helpers/daemon.js';
-import { SELFTEST_HWPT_DATA, SELFTEST_HWPT_DATA_TYPE } from '../helpers/lifecycle.js';
+import { closeOrder, SELFTEST_HWPT_DATA, SELFTEST_HWPT_DATA_TYPE, unbindOrder, type GraphHandles } from '../helpers/lifecycle.js';
 import { rpcError, startGuestDaemon, stopGuestDaemon, writeSummary, type GuestDaemon } from './guest-daemon.js';
 
 const IN_GUEST = existsSync('/dev/iommu');
@@ -37,6 +37,15 @@ const MOCK = 'ffff:00:00.0';
 const HW_INFO_TYPE_SELFTEST = 0xfeedbeef;
 
 const action = (a: TeardownAction) => TeardownAction[a];
+/** The handles of a graph built here (objects with their kernel IDs), as the order helpers take them. */
+const handlesOf = (vm: Record<keyof GraphHandles, { handle: bigint }>): GraphHandles => ({
+  device: vm.device.handle,
+  vdevice: vm.vdevice.handle,
+  nested: vm.nested.handle,
+  viommu: vm.viommu.handle,
+  nestParent: vm.nestParent.handle,
+  ioas: vm.ioas.handle,
+});
 
 describe.skipIf(!IN_GUEST)('vIOMMU/vDEVICE and the unbind teardown through the daemon (mock devices, real kernel)', () => {
   let guest: GuestDaemon | undefined;
@@ -104,13 +113,7 @@ describe.skipIf(!IN_GUEST)('vIOMMU/vDEVICE and the unbind teardown through the d
 
     const { teardown } = await broker.unbindDevice({ contextId: vm.contextId, device: vm.device.handle }, meta);
     summary['unbind'] = teardown!.steps.map((s) => `${action(s.action)} ${s.handle}`);
-    expect(teardown!.steps.map((s) => [s.action, s.handle])).toEqual([
-      [TeardownAction.MOVE_OFF_NESTED, vm.device.handle],
-      [TeardownAction.DESTROY, vm.vdevice.handle],
-      [TeardownAction.DESTROY, vm.nested.handle],
-      [TeardownAction.DETACH, vm.device.handle],
-      [TeardownAction.CLOSE_DEVICE, vm.device.handle],
-    ]);
+    expect(teardown!.steps.map((s) => [s.action, s.handle])).toEqual(unbindOrder(handlesOf(vm)));
     expect({ destroyed: teardown!.vdevicesDestroyed, tombstoned: teardown!.vdevicesFoundTombstoned }).toEqual({ destroyed: 1, tombstoned: 0 });
 
     // The dead vDEVICE is named as such; the rest is destroyable, which the real kernel only allows
@@ -167,17 +170,7 @@ describe.skipIf(!IN_GUEST)('vIOMMU/vDEVICE and the unbind teardown through the d
     const vm = await buildVm('close');
     const { teardown } = await broker.closeContext({ contextId: vm.contextId }, meta);
     summary['close'] = teardown!.steps.map((s) => `${action(s.action)} ${s.handle}`);
-    expect(teardown!.steps.map((s) => [s.action, s.handle])).toEqual([
-      [TeardownAction.MOVE_OFF_NESTED, vm.device.handle],
-      [TeardownAction.DESTROY, vm.vdevice.handle],
-      [TeardownAction.DESTROY, vm.nested.handle],
-      [TeardownAction.DESTROY, vm.viommu.handle],
-      [TeardownAction.DETACH, vm.device.handle],
-      [TeardownAction.DESTROY, vm.nestParent.handle],
-      [TeardownAction.DESTROY, vm.ioas.handle],
-      [TeardownAction.CLOSE_DEVICE, vm.device.handle],
-      [TeardownAction.CLOSE_IOMMUFD, 0n],
-    ]);
+    expect(teardown!.steps.map((s) => [s.action, s.handle])).toEqual(closeOrder(handlesOf(vm)));
     expect(teardown!.vdevicesDestroyed).toBe(1);
     const s = await admin.getStatus({});
     expect({ contexts: s.contexts, objects: s.objects }).toEqual({ contexts: 0, objects: 0 });

@@ -5,6 +5,11 @@
  * with clock_gettime), in many short interleaved rounds in one process.
  * koffi's overhead is the per-round difference per call.
  *
+ * Three ways to pass the argument: a Buffer koffi marshals (reused, so
+ * already off the V8 heap), a fixed address as an integer (the project's
+ * argument area), and a fresh 32-byte Buffer per call, which is what a
+ * newly encoded struct is and what the backend passed before the area.
+ *
  * Node has no native ioctl binding, so there is no Node-native ioctl
  * baseline; fs.fstatSync vs C fstat is reported as a reference for what
  * Node's own C++ bindings add to a syscall.
@@ -48,6 +53,7 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
   }
   // Same fixed prototype the project uses (src/kernel/linux/syscalls.ts explains why it is call-compatible).
   const ioctl = lib.func('int ioctl(int fd, unsigned long request, void *arg)') as unknown as IoctlFn;
+  const ioctlAt = lib.func('int ioctl(int fd, unsigned long request, intptr_t arg)') as unknown as (fd: number, request: number, arg: number) => number;
   const pipe = lib.func('int pipe(void *fds)') as unknown as (fds: Buffer) => number;
   // No arguments at all: koffi's fixed cost per call, without marshalling.
   const getppid = lib.func('int getppid()') as unknown as () => number;
@@ -55,15 +61,19 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
   if (pipe(fds) !== 0) throw new Error('pipe failed');
   const rfd = fds.readInt32LE(0);
   const arg = Buffer.alloc(4);
+  const fixed = Buffer.allocUnsafeSlow(64);
+  const fixedAddress = Number(koffi.address(fixed));
 
   // The project's wrapper (errno → KernelError, call-site bookkeeping), when its module loads.
   let wrapper: ((fd: number, req: number, a: Buffer) => number) | undefined;
+  let argumentArea: ((size: number) => Buffer | undefined) | undefined;
   let wrapperAsync: ((fd: number, req: number, a: Buffer) => Promise<number>) | undefined;
   let wrapperNote = '';
   try {
     const mod = (await import('../src/kernel/linux/syscalls.js')) as unknown as { createLibcSyscalls?: () => Record<string, unknown> };
     const sys = mod.createLibcSyscalls?.();
     const site = { op: 'device_get_info', what: 'FIONREAD' };
+    if (sys && typeof sys['ioctlArgument'] === 'function') argumentArea = sys['ioctlArgument'] as (size: number) => Buffer | undefined;
     if (sys && typeof sys['ioctl'] === 'function') {
       const f = sys['ioctl'] as (fd: number, r: number, a: Buffer, s: typeof site) => number;
       wrapper = (fd, r, a) => f(fd, r, a, site);
@@ -84,26 +94,45 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
   const koffiCall = () => {
     if (ioctl(rfd, FIONREAD, arg) !== 0) throw new Error('ioctl failed');
   };
-  const wrapperCall = () => void wrapper!(rfd, FIONREAD, arg);
+  const koffiAddressCall = () => {
+    if (ioctlAt(rfd, FIONREAD, fixedAddress) !== 0) throw new Error('ioctl failed');
+  };
+  // As the backend issues a sync ioctl: ask for the argument, then call (src/kernel/linux/ioctl-call.ts).
+  const wrapperCall = argumentArea ? () => void wrapper!(rfd, FIONREAD, argumentArea!(4) ?? arg) : () => void wrapper!(rfd, FIONREAD, arg);
+  const wrapperFreshCall = () => void wrapper!(rfd, FIONREAD, Buffer.alloc(32));
   const fstatCall = () => void fstatSync(rfd);
   const getppidCall = () => void getppid();
   // Warm-up (JIT, koffi's call path, page faults).
   timeSync(koffiCall, 100_000);
+  timeSync(koffiAddressCall, 100_000);
   if (wrapper) timeSync(wrapperCall, 100_000);
+  if (wrapper) timeSync(wrapperFreshCall, 100_000);
   timeSync(fstatCall, 50_000);
   cIoctlLoop(rfd, 100_000);
 
-  const rows: Record<string, number[]> = { cIoctl: [], koffiIoctl: [], wrapperIoctl: [], cGetppid: [], koffiGetppid: [], cFstat: [], nodeFstatSync: [] };
+  const rows: Record<string, number[]> = {
+    cIoctl: [],
+    koffiIoctl: [],
+    koffiIoctlAddress: [],
+    wrapperIoctl: [],
+    wrapperFreshIoctl: [],
+    cGetppid: [],
+    koffiGetppid: [],
+    cFstat: [],
+    nodeFstatSync: [],
+  };
   // Many short rounds, each variant right after its C twin, so a noisy moment hits both.
   for (let r = 0; r < args.rounds; r++) {
     const cIoctl = cIoctlLoop(rfd, args.n);
     if (cIoctl < 0) throw new Error('C ioctl failed');
     rows['cIoctl']!.push(cIoctl);
     rows['koffiIoctl']!.push(timeSync(koffiCall, args.n));
+    rows['koffiIoctlAddress']!.push(timeSync(koffiAddressCall, args.n));
+    if (wrapper) rows['wrapperIoctl']!.push(timeSync(wrapperCall, args.n));
+    if (wrapper) rows['wrapperFreshIoctl']!.push(timeSync(wrapperFreshCall, Math.floor(args.n / 2)));
     rows['cGetppid']!.push(cGetppidLoop(args.n));
     rows['koffiGetppid']!.push(timeSync(getppidCall, args.n));
     rows['cFstat']!.push(cFstatLoop(rfd, Math.floor(args.n / 2)));
-    if (wrapper) rows['wrapperIoctl']!.push(timeSync(wrapperCall, args.n));
     rows['nodeFstatSync']!.push(timeSync(fstatCall, Math.floor(args.n / 2)));
   }
   // The async form runs the ioctl on a libuv worker: a different cost class, shown for scale.
@@ -115,18 +144,24 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
   }
   const med = Object.fromEntries(Object.entries(rows).map(([k, v]) => [k, v.length ? median(v) : NaN]));
   // Per-round differences, so a noisy round does not mix with a quiet one.
-  const overhead = rows['koffiIoctl']!.map((k, i) => k - rows['cIoctl']![i]!);
-  const wrapperOverhead = rows['wrapperIoctl']!.map((k, i) => k - rows['cIoctl']![i]!);
+  const minusC = (row: string) => rows[row]!.map((k, i) => k - rows['cIoctl']![i]!);
+  const summary = (d: number[]) => {
+    if (d.length === 0) return undefined;
+    const sorted = [...d].sort((a, b) => a - b);
+    return { median: median(d), iqr: [percentile(sorted, 25), percentile(sorted, 75)] as [number, number] };
+  };
   const fixedOverhead = rows['koffiGetppid']!.map((k, i) => k - rows['cGetppid']![i]!);
   return {
     n: args.n,
     rounds: args.rounds,
     fionread: FIONREAD,
     nsPerCall: med,
-    koffiOverheadNs: median(overhead),
-    koffiOverheadRangeNs: [Math.min(...overhead), Math.max(...overhead)],
-    koffiOverheadIqrNs: [percentile([...overhead].sort((a, b) => a - b), 25), percentile([...overhead].sort((a, b) => a - b), 75)],
-    wrapperOverheadNs: wrapperOverhead.length ? median(wrapperOverhead) : undefined,
+    /** koffi with a (reused) Buffer argument. */
+    koffiBufferOverheadNs: summary(minusC('koffiIoctl')),
+    koffiAddressOverheadNs: summary(minusC('koffiIoctlAddress')),
+    /** The backend's sync path: argument area + the project's wrapper. The target's figure. */
+    wrapperOverheadNs: summary(minusC('wrapperIoctl')),
+    wrapperFreshOverheadNs: summary(minusC('wrapperFreshIoctl')),
     koffiFixedOverheadNs: median(fixedOverhead),
     asyncWrapperUsPerCall: asyncUs,
     wrapperNote,

@@ -49,6 +49,8 @@ export class FakeKernel implements Syscalls {
   readonly ioctls: IoctlRecord[] = [];
   /** eventfd/poll: absent by default, so device requests stay off; tests plug in real ones. */
   events?: EventSyscalls;
+  /** Shared by every sync call, as the libc layer's argument area is. */
+  private readonly argumentArea = Buffer.alloc(4096);
   private readonly handlers = new Map<number, Handler>();
   private readonly open_ = new Map<number, string>();
   private nextFd = 40;
@@ -92,11 +94,16 @@ export class FakeKernel implements Syscalls {
     this.open_.delete(fd);
   }
 
+  ioctlArgument(size: number): Buffer | undefined {
+    return size > this.argumentArea.length ? undefined : this.argumentArea.subarray(0, size).fill(0);
+  }
+
   ioctl(fd: number, request: number, arg: Buffer | null, site: CallSite): number {
     return this.run(fd, request, arg, site, false);
   }
 
   async ioctlAsync(fd: number, request: number, arg: Buffer | null, site: CallSite): Promise<number> {
+    if (arg !== null && arg.buffer === this.argumentArea.buffer) throw new Error(`${site.what}: an ioctlArgument() buffer is for sync calls only`);
     await Promise.resolve();
     return this.run(fd, request, arg, site, true);
   }

@@ -65,6 +65,38 @@ describe('libc syscalls through koffi (real errno)', () => {
     }
   });
 
+  // The area is passed to the kernel as a bare address (no Buffer marshalling): FIONREAD must land in the view handed out.
+  it.skipIf(!['x64', 'arm64'].includes(process.arch))('a sync ioctl through the argument area writes the view it was given', async () => {
+    const FIONREAD = 0x541b;
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-broker-sys-'));
+    try {
+      writeFileSync(join(dir, 'f'), 'ten bytes!');
+      const fd = sys.open(join(dir, 'f'), OPEN_RDWR_CLOEXEC, { op: 'open_device', what: 'open' });
+      try {
+        const area = (size: number): Buffer => {
+          const view = sys.ioctlArgument?.(size);
+          if (view === undefined) throw new Error(`no ${size}-byte argument`);
+          return view;
+        };
+        const wide = area(16);
+        wide.fill(0xff);
+        const arg = area(4);
+        // Each call hands out zeroed bytes of the same area.
+        expect(arg.buffer).toBe(wide.buffer);
+        expect([...wide]).toEqual(new Array(16).fill(0).map((_, i) => (i < 4 ? 0 : 0xff)));
+        expect(sys.ioctl(fd, FIONREAD, arg, { op: 'attach_pt', what: 'FIONREAD' })).toBe(0);
+        expect(arg.readInt32LE(0)).toBe(10);
+        expect(sys.ioctlArgument?.(1 << 20)).toBeUndefined();
+        // A worker thread would read the area while the event loop reuses it.
+        await expect(sys.ioctlAsync(fd, FIONREAD, area(4), { op: 'attach_pt', what: 'FIONREAD' })).rejects.toThrow(/sync calls only/);
+      } finally {
+        await sys.close(fd);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a closed fd is EBADF (async errno comes from the worker thread)', async () => {
     const fd = sys.open('/dev/null', OPEN_RDWR_CLOEXEC, { op: 'open_device', what: 'open' });
     await sys.close(fd);

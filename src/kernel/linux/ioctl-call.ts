@@ -36,12 +36,17 @@ export class IoctlCaller {
 
   /** Resolves with every field of the struct as the kernel left it. */
   async call<L extends Layout>(req: IoctlRequest<L>): Promise<StructValues<L>> {
-    const buf = this.encode(req);
     const site = { op: req.op, what: req.name };
     const request = IOCTL[req.name];
-    if (req.mode === 'async') await this.sys.ioctlAsync(req.fd, request, buf, site);
-    else this.sys.ioctl(req.fd, request, buf, site);
-    // `req` (and so `req.pointees`) stays reachable until here, past the kernel's use of the pointers.
+    if (req.mode === 'async') {
+      const buf = this.encode(req);
+      await this.sys.ioctlAsync(req.fd, request, buf, site);
+      // `req` (and so `req.pointees`) stays reachable until here, past the kernel's use of the pointers.
+      return req.codec.decode(buf);
+    }
+    // Encode, ioctl and decode with no await between them: the syscall layer's argument area is reused by the next call.
+    const buf = this.encode(req, this.sys.ioctlArgument?.(req.codec.full));
+    this.sys.ioctl(req.fd, request, buf, site);
     return req.codec.decode(buf);
   }
 
@@ -52,12 +57,12 @@ export class IoctlCaller {
     return this.sys.ioctl(fd, IOCTL[name], null, site);
   }
 
-  /** The struct bytes `call` would send, for tests and logs. */
-  encode<L extends Layout>(req: Pick<IoctlRequest<L>, 'op' | 'name' | 'codec' | 'values'>): Buffer {
+  /** The struct bytes `call` would send (into `into`, zeroed and full-size, when given), for tests and logs. */
+  encode<L extends Layout>(req: Pick<IoctlRequest<L>, 'op' | 'name' | 'codec' | 'values'>, into?: Buffer): Buffer {
     const size = req.codec.sizeFor(this.version());
     if (size === undefined) throw new KernelError('ENOTTY', req.op, `${req.name} is newer than this kernel`);
     try {
-      return req.codec.encode(req.values, size);
+      return req.codec.encode(req.values, size, into);
     } catch (err) {
       if (err instanceof StructEncodeError) {
         // What the kernel would answer: unknown non-zero trailing bytes are E2BIG (§2 step 5).

@@ -95,12 +95,16 @@ export class StructCodec<L extends Layout> {
     return size;
   }
 
-  /** A zeroed buffer of the full size with `values` written and the header set to `size`. */
-  encode(values: StructInput<L>, size: number = this.full): Buffer {
+  /**
+   * A zeroed buffer of the full size with `values` written and the header set
+   * to `size`. `into`, when given, is that zeroed buffer (exactly the full size).
+   */
+  encode(values: StructInput<L>, size: number = this.full, into?: Buffer): Buffer {
     if (size < this.min || size > this.full) {
       throw new StructEncodeError(`${this.name}: size ${size} outside ${this.min}..${this.full}`);
     }
-    const buf = Buffer.alloc(this.full);
+    if (into !== undefined && into.length !== this.full) throw new Error(`${this.name}: encode into ${into.length} bytes, not ${this.full}`);
+    const buf = into ?? Buffer.alloc(this.full);
     // Bytes set so far: union members may be given together only if they agree.
     const written = new Uint8Array(this.full);
     for (const [field, value] of Object.entries(values) as [string, unknown][]) {

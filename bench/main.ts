@@ -10,7 +10,8 @@
  * BENCH_OWNWORK_ITERS, BENCH_MEM_CONTEXTS, BENCH_MEM_PER_CONTEXT,
  * BENCH_FFI_CALLS, BENCH_AUDIT=0, BENCH_JOURNAL=0, BENCH_LOG_LEVEL, BENCH_PROFILE=1 (CPU
  * profiles of the server processes into .cache/bench/prof; read them with
- * `bench/run.sh prof-top FILE`), BENCH_WORKLOADS=allocDestroy,bindUnbind,
+ * `bench/run.sh prof-top FILE`), BENCH_SERVER_NODE_FLAGS (space-separated node
+ * flags for the server processes, e.g. --perf-basic-prof for `perf record`), BENCH_WORKLOADS=allocDestroy,bindUnbind,
  * allocDestroyAudited,allocDestroyJournaled,bindUnbindJournaled and BENCH_CONCURRENCY=1,64 (narrow a profiling run),
  * BENCH_ALT_DIST=DIR (a second build's compiled bench/ directory: its daemon
  * is measured in the same rounds, rows marked "candidate build").
@@ -135,7 +136,10 @@ async function main(): Promise<void> {
   console.log(`machine: ${machineLine(machine)}`);
   const results: Results = { version: 1, startedAt: started.toISOString(), machine, config: { logLevel, only: only ?? 'all' } };
   const profile = process.env['BENCH_PROFILE'] === '1';
-  const execArgv = profile ? ['--cpu-prof', `--cpu-prof-dir=${path.join(CACHE, 'prof')}`] : [];
+  const execArgv = [
+    ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${path.join(CACHE, 'prof')}`] : []),
+    ...(envList('BENCH_SERVER_NODE_FLAGS', ' ') ?? []),
+  ];
 
   const needServers = wants('single') || wants('topology') || wants('teardown');
   if (needServers) {

@@ -51,9 +51,9 @@ export function envInt(name: string, fallback: number): number {
   return Math.floor(n);
 }
 
-export function envList(name: string): string[] | undefined {
+export function envList(name: string, separator = ','): string[] | undefined {
   const raw = process.env[name];
-  return raw ? raw.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+  return raw ? raw.split(separator).map((s) => s.trim()).filter(Boolean) : undefined;
 }
 
 export interface MachineInfo {

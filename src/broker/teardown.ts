@@ -63,18 +63,21 @@ function logDone(run: Run): void {
 
 type Phase = (run: Run) => Promise<void>;
 
-/** The legal order. Phases marked context-only do nothing for a single device. */
-const PHASES: readonly Phase[] = [
-  moveDevicesOffNested, // §4.6 step 4
-  destroyVdevices, // step 5: before any device fd closes, so nothing is tombstoned
-  destroyNestedHwpts, // step 6
-  destroyViommus, // step 7 (context only)
-  detachDevices, // step 8, first half; automatic HWPTs go with their last device
-  destroyPagingHwpts, // step 8, second half (context only)
-  destroyIoases, // step 10 (context only)
-  closeDevices, // step 11, first half
-  sweepOrphanVdevices, // vDEVICEs whose DESTROY failed before close: 0 on 6.13, ENOENT on 6.17
-  closeIommufd, // step 11, second half (context only)
+/**
+ * The legal order, and which phases a single device's teardown runs: the
+ * context-only ones are skipped outright for a device, not entered and left.
+ */
+const PHASES: readonly (readonly [Phase, 'device and context' | 'context only'])[] = [
+  [moveDevicesOffNested, 'device and context'], // §4.6 step 4
+  [destroyVdevices, 'device and context'], // step 5: before any device fd closes, so nothing is tombstoned
+  [destroyNestedHwpts, 'device and context'], // step 6
+  [destroyViommus, 'context only'], // step 7
+  [detachDevices, 'device and context'], // step 8, first half; automatic HWPTs go with their last device
+  [destroyPagingHwpts, 'context only'], // step 8, second half
+  [destroyIoases, 'context only'], // step 10
+  [closeDevices, 'device and context'], // step 11, first half
+  [sweepOrphanVdevices, 'device and context'], // vDEVICEs whose DESTROY failed before close: 0 on 6.13, ENOENT on 6.17
+  [closeIommufd, 'context only'], // step 11, second half
 ];
 
 export async function runTeardown(
@@ -85,7 +88,9 @@ export async function runTeardown(
 ): Promise<TeardownReport> {
   const report: TeardownReport = { reason, steps: [], vdevicesDestroyed: 0, vdevicesFoundTombstoned: 0, failures: [] };
   const run: Run = { target, env, scope, report };
-  for (const phase of PHASES) await phase(run);
+  for (const [phase, runsFor] of PHASES) {
+    if (runsFor === 'device and context' || scope.kind === 'context') await phase(run);
+  }
   logDone(run);
   return report;
 }
@@ -195,7 +200,6 @@ async function destroyNestedHwpts(run: Run): Promise<void> {
 }
 
 async function destroyViommus(run: Run): Promise<void> {
-  if (run.scope.kind !== 'context') return;
   for (const viommu of newestFirst(run.target.registry.liveOfKind('VIOMMU'))) await destroyObject(run, viommu);
 }
 
@@ -221,14 +225,12 @@ async function detachDevices(run: Run): Promise<void> {
 }
 
 async function destroyPagingHwpts(run: Run): Promise<void> {
-  if (run.scope.kind !== 'context') return;
   for (const hwpt of newestFirst(run.target.registry.liveOfKind('HWPT_PAGING'))) {
     if (!hwpt.automatic) await destroyObject(run, hwpt);
   }
 }
 
 async function destroyIoases(run: Run): Promise<void> {
-  if (run.scope.kind !== 'context') return;
   for (const ioas of newestFirst(run.target.registry.liveOfKind('IOAS'))) await destroyObject(run, ioas);
 }
 
@@ -252,7 +254,6 @@ async function sweepOrphanVdevices(run: Run): Promise<void> {
 }
 
 async function closeIommufd(run: Run): Promise<void> {
-  if (run.scope.kind !== 'context') return;
   await run.env.kernel.closeIommufd(run.target.iommufd);
   run.report.steps.push({ action: 'close_iommufd', handle: 0 as Handle, kind: undefined, kernelId: undefined });
 }

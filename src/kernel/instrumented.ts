@@ -41,19 +41,31 @@ export function interceptKernel(kernel: KernelBackend, around: KernelCallAround)
 
 export type KernelCallObserver = (op: KernelOp, seconds: number, result: string) => void;
 
-/** Reports every kernel call's duration and result (errno name or `ok`) for metrics: two clock reads per call. */
+/**
+ * Reports every kernel call's duration and result (errno name or `ok`) for
+ * metrics: two clock reads per call. One `then` rather than an async wrapper,
+ * which would add a promise and a turn of the microtask queue to every call.
+ */
 export function instrumentKernel(kernel: KernelBackend, observe: KernelCallObserver): KernelBackend {
-  return interceptKernel(kernel, async (op, call) => {
-    const start = process.hrtime.bigint();
-    try {
-      const value = await call();
-      observe(op, Number(process.hrtime.bigint() - start) / 1e9, 'ok');
-      return value;
-    } catch (err) {
-      observe(op, Number(process.hrtime.bigint() - start) / 1e9, err instanceof KernelError ? err.errno : 'exception');
+  const around = <R>(op: KernelOp, call: () => Promise<R>): Promise<R> => {
+    const start = performance.now();
+    const failed = (err: unknown): never => {
+      observe(op, (performance.now() - start) / 1000, err instanceof KernelError ? err.errno : 'exception');
       throw err;
+    };
+    let pending: Promise<R>;
+    try {
+      pending = call();
+    } catch (err) {
+      // A backend that throws instead of rejecting still fails as a rejected call.
+      return Promise.reject(err).catch(failed);
     }
-  });
+    return pending.then((value) => {
+      observe(op, (performance.now() - start) / 1000, 'ok');
+      return value;
+    }, failed);
+  };
+  return interceptKernel(kernel, around);
 }
 
 /**

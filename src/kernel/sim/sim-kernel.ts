@@ -142,7 +142,7 @@ export class SimKernel implements KernelBackend {
     }));
   }
 
-  async openIommufd(): Promise<IommufdFile> {
+  openIommufd(): Promise<IommufdFile> {
     return this.call('open_iommufd', () => {
       const handle: IommufdFile = Object.freeze({ kind: 'iommufd', fdNumber: this.allocFd() });
       this.iommufds.set(handle, { handle, fdOpen: true, refs: 1, ctx: new IommufdContext() });
@@ -161,7 +161,7 @@ export class SimKernel implements KernelBackend {
     this.releaseIfUnreferenced(state);
   }
 
-  async openDevice(cdev: string): Promise<DeviceFile> {
+  openDevice(cdev: string): Promise<DeviceFile> {
     return this.call('open_device', () => {
       const pci = this.inventory.find((f) => f.cdev !== undefined && f.cdev === cdev);
       if (pci === undefined) fail('ENOENT', `/dev/vfio/devices/${cdev} does not exist`);
@@ -227,7 +227,7 @@ export class SimKernel implements KernelBackend {
     this.pendingUnbinds.delete(bdf);
   }
 
-  async bindIommufd(device: DeviceFile, iommufd: IommufdFile): Promise<KernelObjectId> {
+  bindIommufd(device: DeviceFile, iommufd: IommufdFile): Promise<KernelObjectId> {
     return this.call('bind_iommufd', () => {
       const df = this.deviceFile(device);
       const file = this.iommufds.get(iommufd);
@@ -235,45 +235,45 @@ export class SimKernel implements KernelBackend {
     });
   }
 
-  async attachPt(device: DeviceFile, ptId: KernelObjectId): Promise<KernelObjectId> {
+  attachPt(device: DeviceFile, ptId: KernelObjectId): Promise<KernelObjectId> {
     return this.call('attach_pt', () => kernelId(vfio.attach(this.host, this.deviceFile(device), ptId)));
   }
 
-  async detachPt(device: DeviceFile): Promise<void> {
+  detachPt(device: DeviceFile): Promise<void> {
     return this.call('detach_pt', () => vfio.detach(this.deviceFile(device)));
   }
 
-  async destroy(iommufd: IommufdFile, id: KernelObjectId): Promise<void> {
+  destroy(iommufd: IommufdFile, id: KernelObjectId): Promise<void> {
     return this.call('destroy', () => this.context(iommufd).destroyById(id));
   }
 
-  async ioasAlloc(iommufd: IommufdFile): Promise<KernelObjectId> {
+  ioasAlloc(iommufd: IommufdFile): Promise<KernelObjectId> {
     return this.call('ioas_alloc', () => kernelId(ioctl.ioasAlloc(this.context(iommufd)).id));
   }
 
-  async hwptAlloc(iommufd: IommufdFile, args: HwptAllocArgs): Promise<KernelObjectId> {
+  hwptAlloc(iommufd: IommufdFile, args: HwptAllocArgs): Promise<KernelObjectId> {
     return this.call('hwpt_alloc', () => kernelId(ioctl.hwptAlloc(this.context(iommufd), this.traits, args)));
   }
 
-  async viommuAlloc(iommufd: IommufdFile, args: ViommuAllocArgs): Promise<KernelObjectId> {
+  viommuAlloc(iommufd: IommufdFile, args: ViommuAllocArgs): Promise<KernelObjectId> {
     return this.call('viommu_alloc', () =>
       kernelId(ioctl.viommuAlloc(this.context(iommufd), this.traits, args).id),
     );
   }
 
-  async vdeviceAlloc(iommufd: IommufdFile, args: VdeviceAllocArgs): Promise<KernelObjectId> {
+  vdeviceAlloc(iommufd: IommufdFile, args: VdeviceAllocArgs): Promise<KernelObjectId> {
     return this.call('vdevice_alloc', () => kernelId(ioctl.vdeviceAlloc(this.context(iommufd), this.traits, args)));
   }
 
-  async getHwInfo(iommufd: IommufdFile, devId: KernelObjectId): Promise<HwInfo> {
+  getHwInfo(iommufd: IommufdFile, devId: KernelObjectId): Promise<HwInfo> {
     return this.call('get_hw_info', () => ioctl.getHwInfo(this.context(iommufd), this.traits, devId));
   }
 
-  async ioasMapFile(iommufd: IommufdFile, args: IoasMapFileArgs): Promise<bigint> {
+  ioasMapFile(iommufd: IommufdFile, args: IoasMapFileArgs): Promise<bigint> {
     return this.call('ioas_map_file', () => ioasMap.mapFile(() => this.context(iommufd).get(args.ioasId, 'IOAS'), args));
   }
 
-  async ioasUnmap(iommufd: IommufdFile, ioasId: KernelObjectId, iova: bigint, length: bigint): Promise<bigint> {
+  ioasUnmap(iommufd: IommufdFile, ioasId: KernelObjectId, iova: bigint, length: bigint): Promise<bigint> {
     return this.call('ioas_unmap', () => ioasMap.unmap(() => this.context(iommufd).get(ioasId, 'IOAS'), iova, length));
   }
 
@@ -283,22 +283,22 @@ export class SimKernel implements KernelBackend {
     return file.kind === 'device' ? this.osFd(file) : this.storeFds.iommufdFd(this.iommufds.get(file));
   }
 
-  async adoptFile(fd: number): Promise<IommufdFile | DeviceFile> {
+  adoptFile(fd: number): Promise<IommufdFile | DeviceFile> {
     return this.call('adopt_file', () => this.storeFds.adopt(fd, this.iommufds, this.deviceFiles, (f) => this.osFds.get(f)));
   }
 
-  async lookupProbe(iommufd: IommufdFile, probe: LookupProbe): Promise<void> {
+  lookupProbe(iommufd: IommufdFile, probe: LookupProbe): Promise<void> {
     return this.call(adopt.LOOKUP_OP[probe.ioctl], () => adopt.lookup(this.context(iommufd), probe));
   }
 
-  async deviceBound(device: DeviceFile): Promise<boolean> {
+  deviceBound(device: DeviceFile): Promise<boolean> {
     return this.call('device_get_info', () => adopt.deviceBound(this.deviceFile(device)));
   }
 
   // ---- IOMMUFD_TEST mock devices: LinuxKernel's API and KernelOp names (§6.2, sim/selftest.ts) ----
 
   /** TEST_CMD MOCK_DOMAIN, or MOCK_DOMAIN_FLAGS when `devFlags` is given: open + BIND + ATTACH(ptId) in one. */
-  async selftestMockDomain(iommufd: IommufdFile, ptId: KernelObjectId, devFlags?: number): Promise<SimMockDevice> {
+  selftestMockDomain(iommufd: IommufdFile, ptId: KernelObjectId, devFlags?: number): Promise<SimMockDevice> {
     return this.call('bind_iommufd', () => {
       const m = selftest.mockDomain(this.host, this.mockBus, this.context(iommufd), ptId, (devFlags ?? 0) >>> 0);
       return { stdevId: kernelId(m.stdevId), hwptId: kernelId(m.hwptId), idevId: kernelId(m.idevId) };
@@ -306,7 +306,7 @@ export class SimKernel implements KernelBackend {
   }
 
   /** TEST_CMD MOCK_DOMAIN_REPLACE: the mock's second ATTACH; returns the HWPT now attached. */
-  async selftestMockDomainReplace(iommufd: IommufdFile, stdevId: KernelObjectId, ptId: KernelObjectId): Promise<KernelObjectId> {
+  selftestMockDomainReplace(iommufd: IommufdFile, stdevId: KernelObjectId, ptId: KernelObjectId): Promise<KernelObjectId> {
     return this.call('attach_pt', () =>
       kernelId(selftest.mockDomainReplace(this.host, this.context(iommufd), stdevId, ptId)),
     );
@@ -317,7 +317,7 @@ export class SimKernel implements KernelBackend {
    * tombstone the vDEVICE on 6.17+ (§4.3). Like the real ioctl it has no
    * type check, so it is exactly `destroy`.
    */
-  async selftestDestroyMockDevice(iommufd: IommufdFile, stdevId: KernelObjectId): Promise<void> {
+  selftestDestroyMockDevice(iommufd: IommufdFile, stdevId: KernelObjectId): Promise<void> {
     return this.call('close_device', () => this.context(iommufd).destroyById(stdevId));
   }
 
@@ -380,7 +380,12 @@ export class SimKernel implements KernelBackend {
 
   // ---- internals ----
 
-  /** Runs one kernel call: fault injection at entry, SimFailure → KernelError. */
+  /**
+   * Runs one kernel call: fault injection at entry, SimFailure → KernelError.
+   * Every modelled syscall goes through here, and it never throws: failures are
+   * rejections. Methods return its promise as it is rather than being async,
+   * which would wrap it in a second promise settled two microtask turns later.
+   */
   private call<T>(op: KernelOp, body: () => T): Promise<T> {
     const delay = this.faults.latencyOf(op);
     if (delay > 0) return new Promise((resolve) => setTimeout(resolve, delay)).then(() => this.act(op, body));

@@ -101,9 +101,10 @@ export class Registry {
    * Every failure names the field, the handle and what was expected.
    */
   resolve<K extends ObjectKind>(handle: Handle, kinds: readonly K[], field: string): ObjectOfKind<K> {
-    const expected = kinds.map(labelOf).join(' or ');
+    // Only a refusal needs the wording, so it is built only then (every handle lookup comes here).
+    const expected = () => kinds.map(labelOf).join(' or ');
     if ((handle as number) === 0) {
-      throw new BrokerError('MISSING_FIELD', `${field} is required: give the handle of ${expected}`, { field });
+      throw new BrokerError('MISSING_FIELD', `${field} is required: give the handle of ${expected()}`, { field });
     }
     const obj = this.objects.get(handle);
     if (!obj) {
@@ -123,7 +124,7 @@ export class Registry {
     if (!(kinds as readonly ObjectKind[]).includes(obj.kind)) {
       throw new BrokerError(
         'WRONG_OBJECT_TYPE',
-        `${field}: handle ${handle} is ${labelOf(obj.kind)}, expected ${expected}`,
+        `${field}: handle ${handle} is ${labelOf(obj.kind)}, expected ${expected()}`,
         { field, objects: [handle], contextId: this.contextId },
       );
     }

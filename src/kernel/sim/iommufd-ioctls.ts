@@ -168,10 +168,9 @@ function mockAllocNested(traits: ProfileTraits, flags: number, data: UserData): 
  */
 function copyHwptSelftest(bytes: Uint8Array): { iotlb: number; pagetableType: number } {
   if (bytes.length < 4 || bytes.length > 8) fail('EINVAL', `data_len ${bytes.length} outside 4..8`);
-  const buf = new Uint8Array(8);
-  buf.set(bytes);
-  const view = new DataView(buf.buffer);
-  return { iotlb: view.getUint32(0, true), pagetableType: view.getUint32(4, true) };
+  // Bytes past the user's buffer read as zero, as copy_struct_from_user leaves them.
+  const u32le = (at: number) => ((bytes[at] ?? 0) | ((bytes[at + 1] ?? 0) << 8) | ((bytes[at + 2] ?? 0) << 16) | ((bytes[at + 3] ?? 0) << 24)) >>> 0;
+  return { iotlb: u32le(0), pagetableType: u32le(4) };
 }
 
 /** IOMMU_VIOMMU_ALLOC (§3.10, §6.3). */

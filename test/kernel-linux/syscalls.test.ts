@@ -48,53 +48,56 @@ describe('libc syscalls through koffi (real errno)', () => {
   });
 
   // FIONREAD on a regular file is answered by the VFS (i_size - pos): a real ioctl that writes its argument.
-  it.skipIf(!['x64', 'arm64'].includes(process.arch))('the kernel writes through the argument buffer, sync and async', async () => {
-    const FIONREAD = 0x541b;
-    const dir = mkdtempSync(join(tmpdir(), 'vfio-broker-sys-'));
-    try {
-      writeFileSync(join(dir, 'f'), 'ten bytes!');
-      const fd = sys.open(join(dir, 'f'), OPEN_RDWR_CLOEXEC, { op: 'open_device', what: 'open' });
-      const a = Buffer.alloc(4);
-      const b = Buffer.alloc(4);
-      expect(sys.ioctl(fd, FIONREAD, a, { op: 'attach_pt', what: 'FIONREAD' })).toBe(0);
-      expect(await sys.ioctlAsync(fd, FIONREAD, b, { op: 'attach_pt', what: 'FIONREAD' })).toBe(0);
-      await sys.close(fd);
-      expect([a.readInt32LE(0), b.readInt32LE(0)]).toEqual([10, 10]);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  const FIONREAD = 0x541b;
+  const onFionreadArch = it.skipIf(!['x64', 'arm64'].includes(process.arch));
+  const fionread = { op: 'attach_pt', what: 'FIONREAD' } as const;
 
-  // The area is passed to the kernel as a bare address (no Buffer marshalling): FIONREAD must land in the view handed out.
-  it.skipIf(!['x64', 'arm64'].includes(process.arch))('a sync ioctl through the argument area writes the view it was given', async () => {
-    const FIONREAD = 0x541b;
+  /** Runs `body` with an fd on a fresh 10-byte file, then closes and removes it. */
+  async function withTenByteFile(body: (fd: number) => Promise<void>): Promise<void> {
     const dir = mkdtempSync(join(tmpdir(), 'vfio-broker-sys-'));
     try {
       writeFileSync(join(dir, 'f'), 'ten bytes!');
       const fd = sys.open(join(dir, 'f'), OPEN_RDWR_CLOEXEC, { op: 'open_device', what: 'open' });
       try {
-        const area = (size: number): Buffer => {
-          const view = sys.ioctlArgument?.(size);
-          if (view === undefined) throw new Error(`no ${size}-byte argument`);
-          return view;
-        };
-        const wide = area(16);
-        wide.fill(0xff);
-        const arg = area(4);
-        // Each call hands out zeroed bytes of the same area.
-        expect(arg.buffer).toBe(wide.buffer);
-        expect([...wide]).toEqual(new Array(16).fill(0).map((_, i) => (i < 4 ? 0 : 0xff)));
-        expect(sys.ioctl(fd, FIONREAD, arg, { op: 'attach_pt', what: 'FIONREAD' })).toBe(0);
-        expect(arg.readInt32LE(0)).toBe(10);
-        expect(sys.ioctlArgument?.(1 << 20)).toBeUndefined();
-        // A worker thread would read the area while the event loop reuses it.
-        await expect(sys.ioctlAsync(fd, FIONREAD, area(4), { op: 'attach_pt', what: 'FIONREAD' })).rejects.toThrow(/sync calls only/);
+        await body(fd);
       } finally {
         await sys.close(fd);
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  }
+
+  onFionreadArch('the kernel writes through the argument buffer, sync and async', async () => {
+    await withTenByteFile(async (fd) => {
+      const a = Buffer.alloc(4);
+      const b = Buffer.alloc(4);
+      expect(sys.ioctl(fd, FIONREAD, a, fionread)).toBe(0);
+      expect(await sys.ioctlAsync(fd, FIONREAD, b, fionread)).toBe(0);
+      expect([a.readInt32LE(0), b.readInt32LE(0)]).toEqual([10, 10]);
+    });
+  });
+
+  // The area is passed to the kernel as a bare address (no Buffer marshalling): FIONREAD must land in the view handed out.
+  onFionreadArch('a sync ioctl through the argument area writes the view it was given', async () => {
+    const area = (size: number): Buffer => {
+      const view = sys.ioctlArgument?.(size);
+      if (view === undefined) throw new Error(`no ${size}-byte argument`);
+      return view;
+    };
+    await withTenByteFile(async (fd) => {
+      const wide = area(16);
+      wide.fill(0xff);
+      const arg = area(4);
+      // Each call hands out zeroed bytes of the same area.
+      expect(arg.buffer).toBe(wide.buffer);
+      expect([...wide]).toEqual(new Array(16).fill(0).map((_, i) => (i < 4 ? 0 : 0xff)));
+      expect(sys.ioctl(fd, FIONREAD, arg, fionread)).toBe(0);
+      expect(arg.readInt32LE(0)).toBe(10);
+      expect(sys.ioctlArgument?.(1 << 20)).toBeUndefined();
+      // A worker thread would read the area while the event loop reuses it.
+      await expect(sys.ioctlAsync(fd, FIONREAD, area(4), fionread)).rejects.toThrow(/sync calls only/);
+    });
   });
 
   it('a closed fd is EBADF (async errno comes from the worker thread)', async () => {

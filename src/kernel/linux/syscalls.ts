@@ -179,10 +179,10 @@ function loadLibc(): LibcFunctions {
 
 /**
  * Sync ioctl arguments live in one off-heap area whose address is taken
- * once and passed as an integer. Handing koffi a Buffer costs about 75 ns
+ * once and passed as an integer. Handing koffi a Buffer costs about 60 ns
  * more per call (type checks and a backing-store lookup through N-API), and a
  * freshly allocated struct of 64 bytes or less is a V8 on-heap typed array
- * that koffi must first move off the heap, which cost 600 ns or more
+ * that koffi must first move off the heap, which cost 600–900 ns more
  * (bench/ffi.ts measures both). The area is never freed or moved, and calls
  * on the event loop cannot interleave, so one area serves every sync call.
  */

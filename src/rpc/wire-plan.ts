@@ -82,8 +82,11 @@ export function subPlan(p: FieldPlan): Plan {
 }
 
 /** The plan for a schema, or undefined when it (or a message it contains) is outside the subset. */
-export function planFor(schema: DescMessage, seen = new Set<DescMessage>()): Plan | undefined {
-  if (plans.has(schema)) return plans.get(schema);
+export function planFor(schema: DescMessage, seen?: Set<DescMessage>): Plan | undefined {
+  // Every encode and decode asks: a cached plan costs one lookup, no allocation.
+  const cached = plans.get(schema);
+  if (cached !== undefined || plans.has(schema)) return cached;
+  seen ??= new Set();
   if (seen.has(schema)) return undefined; // recursive types go to protobuf-es
   seen.add(schema);
   let plan: Plan | undefined;

@@ -11,8 +11,10 @@
  * BENCH_FFI_CALLS, BENCH_AUDIT=0, BENCH_JOURNAL=0, BENCH_LOG_LEVEL, BENCH_PROFILE=1 (CPU
  * profiles of the server processes into .cache/bench/prof; read them with
  * `bench/run.sh prof-top FILE`), BENCH_SERVER_NODE_FLAGS (space-separated node
- * flags for the server processes, e.g. --perf-basic-prof for `perf record`), BENCH_WORKLOADS=allocDestroy,bindUnbind,
- * allocDestroyAudited,allocDestroyJournaled,bindUnbindJournaled and BENCH_CONCURRENCY=1,64 (narrow a profiling run),
+ * flags for the server processes, e.g. --perf-basic-prof for `perf record`),
+ * BENCH_WORKLOADS=allocDestroy,bindUnbind,allocDestroyAudited,
+ * allocDestroyJournaled,bindUnbindJournaled and BENCH_CONCURRENCY=1,64
+ * (narrow a profiling run),
  * BENCH_ALT_DIST=DIR (a second build's compiled bench/ directory: its daemon
  * is measured in the same rounds, rows marked "candidate build").
  */

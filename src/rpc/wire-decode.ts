@@ -10,7 +10,7 @@
  */
 import { fromBinary, ScalarType, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
 import { getTextEncoding } from '@bufbuild/protobuf/wire';
-import { FALLBACK, fallbacks, planFor, subPlan, wireTypeOf, type FieldPlan, type Message, type Plan } from './wire-plan.js';
+import { FALLBACK, fallbacks, planFor, subPlan, wireTypeOf, type DecoderCode, type FieldPlan, type Message, type Plan } from './wire-plan.js';
 
 /** protobuf-es's default recursion limit. */
 const MAX_DEPTH = 100;
@@ -83,11 +83,17 @@ function fixedView(n: number): DataView {
   return (view ??= new DataView(buf.buffer, buf.byteOffset, buf.byteLength));
 }
 
-function lengthDelimited(): Uint8Array {
+/** Reads a length and steps over that many bytes; returns where they start (they end at `pos`). */
+function skipDelimited(): number {
   const len = uint32();
   const start = pos;
   pos += len;
   check();
+  return start;
+}
+
+function lengthDelimited(): Uint8Array {
+  const start = skipDelimited();
   return buf.subarray(start, pos);
 }
 
@@ -95,15 +101,12 @@ function lengthDelimited(): Uint8Array {
 const ASCII_FAST_BYTES = 128;
 
 function readString(strict: boolean): string {
-  const len = uint32();
-  const start = pos;
-  pos += len;
-  check();
+  const start = skipDelimited();
   // Most strings here are IDs and names in ASCII, where latin1 is UTF-8. Both ways give one flat
   // string (a string built a character at a time is a rope, which every later regex test or Map
   // lookup first has to flatten); the latin1 copy skips TextDecoder's setup and the subarray view,
   // about 200 ns a string.
-  if (len <= ASCII_FAST_BYTES) {
+  if (pos - start <= ASCII_FAST_BYTES) {
     let ascii = true;
     for (let i = start; i < pos; i++) {
       if (buf[i]! >= 0x80) {
@@ -178,12 +181,7 @@ function readScalar(t: ScalarType, strict: boolean): unknown {
  * JSON.stringify), never from input bytes; lists, oneofs and anything else go
  * through readField as before.
  */
-interface Compiled {
-  zero: () => Message;
-  read: (m: Message, tag: number, depth: number) => void;
-}
-
-function compile(plan: Plan): Compiled {
+function compile(plan: Plan): DecoderCode {
   const members = Object.keys(plan.template).map((name, i) => {
     const kind = plan.fresh.find((f) => f.name === name)?.kind;
     const value = kind === 'list' ? '[]' : kind === 'oneof' ? '{ case: undefined }' : kind === 'bytes' ? 'new Uint8Array(0)' : `template[${i}]`;
@@ -218,7 +216,7 @@ ${cases.join('\n')}
     throw FALLBACK; // unknown field: fromBinary keeps it in $unknown
   },
 };`,
-  ) as (...args: unknown[]) => Compiled;
+  ) as (...args: unknown[]) => DecoderCode;
   return make(FALLBACK, Object.values(plan.template), plan.fields, readField, readNested, readScalar);
 }
 

@@ -53,7 +53,13 @@ export interface Plan {
   /** The generated field loop of the encoder (wire-encode.ts), made on first use. */
   write?: (msg: Message) => void;
   /** The generated parts of the decoder (wire-decode.ts), made on first use. */
-  decoder?: { zero: () => Message; read: (m: Message, tag: number, depth: number) => void };
+  decoder?: DecoderCode;
+}
+
+/** A message type's generated decoder: a fresh `create(schema)` copy, and the reader of one field by tag. */
+export interface DecoderCode {
+  zero: () => Message;
+  read: (m: Message, tag: number, depth: number) => void;
 }
 
 const plans = new Map<DescMessage, Plan | undefined>();

@@ -1,30 +1,40 @@
 /**
  * `npm run bench`: every benchmark, side by side with its baseline in the same
  * run, written to bench/results/latest.{json,md} plus a timestamped copy.
- *
- * Knobs (environment): BENCH_ONLY=single,topology,teardown,memory,ownwork,ffi
- * BENCH_CALLS (RPCs per measurement at 64 in flight, default 10000),
- * BENCH_CALLS_C1 (at 1, default 3000), BENCH_WARMUP, BENCH_ROUNDS (default 5;
- * each broker round runs between two echo rounds), BENCH_TOPOLOGIES,
- * BENCH_TEARDOWN_SIZES, BENCH_TEARDOWN_REPS (default 9),
- * BENCH_OWNWORK_ITERS, BENCH_MEM_CONTEXTS, BENCH_MEM_PER_CONTEXT,
- * BENCH_FFI_CALLS, BENCH_AUDIT=0, BENCH_JOURNAL=0, BENCH_LOG_LEVEL, BENCH_PROFILE=1 (CPU
- * profiles of the server processes into .cache/bench/prof; read them with
- * `bench/run.sh prof-top FILE`), BENCH_SERVER_NODE_FLAGS (space-separated node
- * flags for the server processes, e.g. --perf-basic-prof for `perf record`),
- * BENCH_WORKLOADS=allocDestroy,bindUnbind,allocDestroyAudited,
- * allocDestroyJournaled,bindUnbindJournaled and BENCH_CONCURRENCY=1,64
- * (narrow a profiling run),
- * BENCH_ALT_DIST=DIR (a second build's compiled bench/ directory: its daemon
- * is measured in the same rounds, rows marked "candidate build").
+ * The knobs are in USAGE (`npm run bench -- --help`).
  */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { CACHE, Child, ROOT } from './lib/child.js';
+import type { GcPerRpc } from './lib/gc.js';
 import type { LoadResult } from './lib/load.js';
 import { envInt, envList, machineInfo, machineLine, median, minMax, stealTicks } from './lib/stats.js';
+import { handleArgs } from './lib/usage.js';
 import { evaluateTargets, markdown, type Aggregate, type InprocTeardownPoint, type Results } from './report.js';
 import { compareTopologies, ONLY_AT_64, probeApplyTopology, runWorkload, startServers, teardownScaling, type Servers, type TopologyMode, type Workload } from './rpc.js';
+
+const USAGE = `Usage: npm run bench [-- --help]
+
+Runs every benchmark next to its baseline (8 to 15 minutes on 2 shared cores) and writes
+bench/results/latest.{json,md} plus a timestamped copy. Settings come from the
+environment:
+  BENCH_ONLY=single,topology,teardown,memory,ownwork,ffi   run only these parts
+  BENCH_CALLS=N          RPCs per measurement at 64 in flight (default 10000)
+  BENCH_CALLS_C1=N       RPCs per measurement at 1 in flight (default 3000)
+  BENCH_WARMUP=N         warm-up RPCs per workload (default 3000)
+  BENCH_ROUNDS=N         interleaved rounds; each broker round runs between two echo rounds (default 5)
+  BENCH_WORKLOADS=allocDestroy,bindUnbind,allocDestroyAudited,allocDestroyJournaled,bindUnbindJournaled
+  BENCH_CONCURRENCY=1,64 in-flight levels (narrow a profiling run)
+  BENCH_TOPOLOGIES=N     VM topologies per mode (default 200)
+  BENCH_TEARDOWN_SIZES=10,100,1000,10000   BENCH_TEARDOWN_REPS=N (default 9)
+  BENCH_OWNWORK_ITERS=N  BENCH_MEM_CONTEXTS=N  BENCH_MEM_PER_CONTEXT=N  BENCH_FFI_CALLS=N
+  BENCH_AUDIT=0          skip the audit-log row       BENCH_JOURNAL=0   skip the journal rows
+  BENCH_LOG_LEVEL=LEVEL  daemon log level (default info)
+  BENCH_PROFILE=1        CPU profiles of the servers into .cache/bench/prof (read with npm run bench:prof-top -- FILE)
+  BENCH_SERVER_NODE_FLAGS="FLAGS"   node flags for the server processes, e.g. --perf-basic-prof
+  BENCH_ALT_DIST=DIR     a second build's compiled bench/ directory, measured in the same rounds
+`;
+handleArgs(USAGE);
 
 const CONCURRENCIES = (envList('BENCH_CONCURRENCY') ?? ['1', '64']).map(Number) as (1 | 64)[];
 const only = envList('BENCH_ONLY');
@@ -41,6 +51,14 @@ interface Bracketed {
   echo: [LoadResult, LoadResult];
 }
 
+function medianGc(rounds: GcPerRpc[]): GcPerRpc {
+  return {
+    youngMsPer1k: median(rounds.map((g) => g.youngMsPer1k)),
+    fullPer10k: median(rounds.map((g) => g.fullPer10k)),
+    fullMsPer1k: median(rounds.map((g) => g.fullMsPer1k)),
+  };
+}
+
 function aggregate(rounds: LoadResult[], bracketed?: Bracketed[]): Aggregate {
   const m = (f: (r: LoadResult) => number) => median(rounds.map(f));
   const agg: Aggregate = {
@@ -52,7 +70,10 @@ function aggregate(rounds: LoadResult[], bracketed?: Bracketed[]): Aggregate {
     maxUs: m((r) => r.latencyUs.max),
     serverCpuUsPerRpc: m((r) => r.serverCpuUsPerRpc ?? NaN),
     clientCpuUsPerRpc: m((r) => r.clientCpuUsPerRpc),
+    clientGc: medianGc(rounds.map((r) => r.clientGc)),
   };
+  const serverGc = rounds.map((r) => r.serverGc).filter((g) => g !== undefined);
+  if (serverGc.length === rounds.length) agg.serverGc = medianGc(serverGc);
   if (bracketed) {
     // Each broker round against the mean of the echo rounds on either side of it (the machine's
     // load drifts; a neighbour on each side cancels a linear drift), then the median over rounds.
@@ -93,7 +114,7 @@ async function singleOps(s: Servers, results: Results): Promise<void> {
   const raw: Record<string, Record<number, Bracketed[]>> = {};
   const run = async (w: Workload, c: number, r: number) => {
     const res = await runWorkload(s, w, c, calls(c));
-    log(`round ${r + 1}/${rounds} ${w} @${c}: ${Math.round(res.rpcPerSec)} RPC/s, p99 ${Math.round(res.latencyUs.p99)} µs, CPU µs/RPC server ${Math.round(res.serverCpuUsPerRpc ?? NaN)} client ${Math.round(res.clientCpuUsPerRpc)}`);
+    log(`round ${r + 1}/${rounds} ${w} @${c}: ${Math.round(res.rpcPerSec)} RPC/s, p99 ${Math.round(res.latencyUs.p99)} µs, CPU µs/RPC server ${Math.round(res.serverCpuUsPerRpc ?? NaN)} client ${Math.round(res.clientCpuUsPerRpc)}, server GC: young ${res.serverGc ? res.serverGc.youngMsPer1k.toFixed(1) : '?'} ms/1k RPC, full ${res.serverGc ? res.serverGc.fullPer10k.toFixed(1) : '?'}/10k RPC`);
     return res;
   };
   for (let r = 0; r < rounds; r++) {

@@ -1,6 +1,7 @@
 /**
  * The bench's result shape, its targets, and the Markdown report.
  */
+import type { GcPerRpc } from './lib/gc.js';
 import type { LoadResult } from './lib/load.js';
 import { fmt, machineLine, type MachineInfo } from './lib/stats.js';
 import type { TeardownPoint, TopologyComparison } from './rpc.js';
@@ -21,6 +22,9 @@ export interface Aggregate {
   maxUs: number;
   serverCpuUsPerRpc: number;
   clientCpuUsPerRpc: number;
+  /** Medians over rounds. */
+  serverGc?: GcPerRpc;
+  clientGc: GcPerRpc;
   /** Medians of per-round ratios to the echo ceiling at the same concurrency. */
   vsEcho?: {
     throughput: number;
@@ -154,6 +158,24 @@ function status(m: boolean | 'n/a'): string {
   return m === 'n/a' ? 'n/a' : m ? 'met' : '**not met**';
 }
 
+/**
+ * Which GC regime each process ran in. A grpc-js process that has had a full
+ * GC under load promotes most per-call objects from then on, so young-GC time
+ * per RPC jumps severalfold and full GCs recur; a process measured before
+ * that point looks cheaper than it will be once it has run a while.
+ */
+function gcTable(out: string[], transport: Record<string, Aggregate>, singleOps: Record<string, Record<string, Aggregate>>): void {
+  const cells = (g: GcPerRpc | undefined) => (g ? `${fmt(g.youngMsPer1k)} | ${fmt(g.fullPer10k)} | ${fmt(g.fullMsPer1k)}` : '? | ? | ?');
+  out.push('### Garbage collection during those rounds', '');
+  out.push('Medians over rounds, from each process\'s own `perf_hooks` GC entries. Young GC is V8\'s scavenger; a full GC is a mark-compact (its ms include the incremental marking before it). After its first full GC under load a grpc-js process, echo server or daemon, promotes most per-call objects from then on (measured with `--trace-gc-nvp`: about 0.5 KB per echo RPC before, 3 to 5 KB after), so a row with several times the young-GC ms of another ran in that regime.', '');
+  out.push('| Workload | In flight | server young-GC ms per 1k RPC | server full GCs per 10k RPC | server full-GC ms per 1k RPC | client young-GC ms per 1k RPC | client full GCs per 10k RPC | client full-GC ms per 1k RPC |', '|---|---|---|---|---|---|---|---|');
+  for (const [c, e] of Object.entries(transport)) out.push(`| Echo (transport ceiling) | ${c} | ${cells(e.serverGc)} | ${cells(e.clientGc)} |`);
+  for (const [w, byC] of Object.entries(singleOps)) {
+    for (const [c, a] of Object.entries(byC)) out.push(`| ${LABELS[w] ?? w} | ${c} | ${cells(a.serverGc)} | ${cells(a.clientGc)} |`);
+  }
+  out.push('');
+}
+
 export function markdown(r: Results): string {
   const out: string[] = [];
   out.push(`# vfio-broker bench, ${r.startedAt}`, '');
@@ -180,6 +202,7 @@ export function markdown(r: Results): string {
       }
     }
     out.push('');
+    gcTable(out, r.transport, r.singleOps);
     if (r.singleOps['allocDestroyJournaled'] || r.singleOps['bindUnbindJournaled']) {
       out.push(
         'The journal rows run the daemon with `restart.journalPath` set (fdatasync group commit before each reply), as the systemd unit does by default, but without an fd store: the bench has no NOTIFY_SOCKET, so the per-device FDSTORE message the unit also sends is not in these figures.',

@@ -11,7 +11,7 @@ import { BrokerService } from '../src/gen/vfio_broker/v1/broker_pb.js';
 import { connect, createClient } from '../src/rpc/client.js';
 import { Child } from './lib/child.js';
 import { echoCall } from './lib/echo.js';
-import { closedLoop, type LoadResult } from './lib/load.js';
+import { closedLoop, type LoadResult, type ServerUsage } from './lib/load.js';
 import { benchInventory } from './lib/setup.js';
 import { distribution, median, type Distribution } from './lib/stats.js';
 import { applyTopologyAvailable, runApplyTopology, runSeparate, TOPOLOGY_DEVICES, vmTopology, type BrokerClient } from './lib/topology.js';
@@ -23,7 +23,7 @@ export const TOPOLOGY_FIRST_DEVICE = CONTEXTS;
 export interface ServerHandle {
   child: Child;
   channel: grpc.Client;
-  cpu: () => Promise<number>;
+  usage: () => Promise<ServerUsage>;
 }
 
 export interface BrokerHandle extends ServerHandle {
@@ -70,14 +70,14 @@ async function startBroker(dir: string, name: string, o: ServerOptions, files: B
   const client = createClient(BrokerService, channel);
   const contexts: string[] = [];
   for (let i = 0; i < CONTEXTS; i++) contexts.push((await client.openContext({ label: `bench-${i}` })).contextId);
-  return { child, channel, client, cpu: () => child.request<number>('cpu'), deviceIds: benchInventory(o.devices).map((d) => d.bdf), contexts };
+  return { child, channel, client, usage: () => child.request<ServerUsage>('usage'), deviceIds: benchInventory(o.devices).map((d) => d.bdf), contexts };
 }
 
 export async function startServers(o: ServerOptions): Promise<Servers> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vfio-broker-bench-'));
   const echoSocket = path.join(dir, 'echo.sock');
   const echoChild = await Child.start('server', ['echo', echoSocket], 'echo-server', o.execArgv);
-  const echo: ServerHandle = { child: echoChild, channel: connect(`unix:${echoSocket}`), cpu: () => echoChild.request<number>('cpu') };
+  const echo: ServerHandle = { child: echoChild, channel: connect(`unix:${echoSocket}`), usage: () => echoChild.request<ServerUsage>('usage') };
   const broker = await startBroker(dir, 'broker-server', o, { auditPath: '' });
   const audited = o.audit ? await startBroker(dir, 'broker-audit-server', o, { auditPath: path.join(dir, 'audit.log') }) : undefined;
   const journaled = o.journal ? await startBroker(dir, 'broker-journal-server', o, { auditPath: '', journalPath: path.join(dir, 'journal') }) : undefined;
@@ -127,7 +127,7 @@ function daemonFor(s: Servers, which: Exclude<Workload, 'echo'>): BrokerHandle |
 export function runWorkload(s: Servers, which: Workload, concurrency: number, rpcs: number): Promise<LoadResult> {
   if (which === 'echo') {
     const payload = randomBytes(32);
-    return closedLoop(concurrency, rpcs, 1, async (_w, _k, rec) => void (await rec.time(() => echoCall(s.echo.channel, payload))), s.echo.cpu);
+    return closedLoop(concurrency, rpcs, 1, async (_w, _k, rec) => void (await rec.time(() => echoCall(s.echo.channel, payload))), s.echo.usage);
   }
   const b = daemonFor(s, which);
   if (!b) throw new Error(`no daemon for ${which}`);
@@ -137,13 +137,13 @@ export function runWorkload(s: Servers, which: Workload, concurrency: number, rp
       const contextId = b.contexts[i]!;
       const device = (await rec.time(() => b.client.bindDevice({ contextId, deviceId: b.deviceIds[i]! }))).device!.handle;
       await rec.time(() => b.client.unbindDevice({ contextId, device }));
-    }, b.cpu);
+    }, b.usage);
   }
   return closedLoop(concurrency, rpcs, 2, async (w, k, rec) => {
     const contextId = b.contexts[contextIndex(w, k, concurrency)]!;
     const handle = (await rec.time(() => b.client.allocIoas({ contextId }))).ioas!.handle;
     await rec.time(() => b.client.destroyObject({ contextId, handle }));
-  }, b.cpu);
+  }, b.usage);
 }
 
 export type TopologyMode = 'separate' | 'apply';

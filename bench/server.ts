@@ -13,6 +13,8 @@ import { listenUnix } from '../src/rpc/unix-listener.js';
 import { serveParent } from './lib/child.js';
 import { echoImpl, echoServiceDefinition } from './lib/echo.js';
 import { benchDaemonConfig, type BenchDaemonOptions } from './lib/setup.js';
+import { gcTotals } from './lib/gc.js';
+import type { ServerUsage } from './lib/load.js';
 import { cpuMicros } from './lib/stats.js';
 
 const [mode, socketPath, optionsJson] = process.argv.slice(2);
@@ -33,6 +35,7 @@ async function startEcho(path: string): Promise<() => Promise<void>> {
 }
 
 async function main(): Promise<void> {
+  gcTotals(); // count from the start
   if (!socketPath || (mode !== 'echo' && mode !== 'broker')) throw new Error('usage: server.js echo|broker SOCKET [OPTIONS_JSON]');
   let stop: () => Promise<void>;
   let daemon: Daemon | undefined;
@@ -46,7 +49,7 @@ async function main(): Promise<void> {
     stop = () => daemon!.stop();
   }
   serveParent({
-    cpu: () => cpuMicros(),
+    usage: (): ServerUsage => ({ cpuUs: cpuMicros(), gc: gcTotals() }),
     gc: () => {
       global.gc?.();
       return process.memoryUsage();

@@ -1,24 +1,17 @@
 /**
  * `npm run soak`: 200 clients across 50 tenants run VM lifecycles against a
- * daemon (sim backend) in this process: a warm-up (WARMUP_MIN_SECONDS), then
- * SOAK_SECONDS of measured load (default 300; CI: 30),
- * with 1% injected kernel-call failures and clients that vanish without
- * CloseContext. The clients run in a child process (bench/soak-clients.ts),
- * so this process's RSS and event-loop lag are the daemon's own. Exits
- * non-zero unless: no unexpected errors, no leaked objects/contexts/fds,
- * registry == kernel for live contexts, RSS growth after warm-up < 10%,
- * event-loop lag p99 < 50 ms (lag = timer delay beyond its 10 ms interval,
- * less the time the main thread waited for a CPU held by other processes:
- * bench/lib/lag.ts; the lag as measured is printed next to it). Warm-up:
- * see WARMUP_MIN_SECONDS.
- *
- * Knobs: SOAK_SECONDS, SOAK_CLIENTS, SOAK_TENANTS, SOAK_FAULT_RATE,
- * SOAK_ABANDON_RATE, SOAK_THINK_MS, SOAK_SEED.
+ * daemon (sim backend) in this process; USAGE below says what it checks and
+ * which knobs it takes (`npm run soak -- --help`). The clients run in a child
+ * process (bench/soak-clients.ts), so this process's RSS and event-loop lag
+ * are the daemon's own. Lag = timer delay beyond its 10 ms interval, less the
+ * time the main thread waited for a CPU held by other processes
+ * (bench/lib/lag.ts); the lag as measured is printed next to it. Warm-up: see
+ * WARMUP_MIN_SECONDS.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
+import { PerformanceObserver } from 'node:perf_hooks';
 import pino from 'pino';
 import type { TeardownReport } from '../src/broker/events.js';
 import { startDaemon, type Daemon } from '../src/daemon.js';
@@ -26,10 +19,30 @@ import type { KernelOp } from '../src/kernel/types.js';
 import { createLogger } from '../src/obs/log.js';
 import { benchDaemonConfig } from './lib/setup.js';
 import { CACHE, Child } from './lib/child.js';
+import { gcKind } from './lib/gc.js';
 import { LagMonitor } from './lib/lag.js';
+import { handleArgs } from './lib/usage.js';
 import type { SoakStats, Unexpected } from './lib/soak-client.js';
 import type { SoakClientsConfig } from './soak-clients.js';
 import { cpuMicros, envInt, machineInfo, machineLine, median, round, sleep } from './lib/stats.js';
+
+const USAGE = `Usage: npm run soak [-- --help]
+
+Load and soak: 200 clients across 50 tenants run VM lifecycles against a daemon
+on the sim backend for SOAK_SECONDS after a warm-up, with 1% injected kernel-call
+failures and clients that vanish without CloseContext. Exits non-zero unless
+there are no unexpected errors, no leaked objects, contexts or fds, the registry
+matches the kernel, RSS grows under 10% after warm-up and event-loop lag p99 is
+under 50 ms. Settings come from the environment:
+  SOAK_SECONDS=N       measured load after warm-up (default 300; CI runs 30)
+  SOAK_CLIENTS=N       concurrent clients (default 200)
+  SOAK_TENANTS=N       tenants they are spread over (default 50)
+  SOAK_FAULT_RATE=F    share of kernel calls that fail (default 0.01)
+  SOAK_ABANDON_RATE=F  share of lifecycles whose client vanishes (default 0.05)
+  SOAK_THINK_MS=N      mean pause between a client's calls (default 100)
+  SOAK_SEED=N          random seed (default 20261124)
+`;
+handleArgs(USAGE);
 
 const SECONDS = envInt('SOAK_SECONDS', 300);
 const CLIENTS = envInt('SOAK_CLIENTS', 200);
@@ -185,8 +198,8 @@ async function main(): Promise<void> {
   const gcObserver = new PerformanceObserver((list) => {
     if (!lagStarted) return;
     for (const e of list.getEntries()) {
-      const kind = ((e as unknown as { detail?: { kind?: number } }).detail)?.kind;
-      gcPauses.push({ kind: kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR ? 'major' : kind === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'minor' : 'other', ms: e.duration });
+      const kind = gcKind(e);
+      gcPauses.push({ kind: kind === 'full' ? 'major' : kind === 'young' ? 'minor' : 'other', ms: e.duration });
     }
   });
   gcObserver.observe({ entryTypes: ['gc'] });

@@ -3,6 +3,7 @@
  * the run's RPC budget is spent. Every RPC's latency is recorded; throughput
  * is RPCs over the wall time of the whole run.
  */
+import { gcPerRpc, gcTotals, type GcPerRpc, type GcTotals } from './gc.js';
 import { distribution, type Distribution } from './stats.js';
 
 export interface LoadResult {
@@ -20,6 +21,15 @@ export interface LoadResult {
    * (protobuf encode/decode, which the echo client skips) leaves less for the server.
    */
   clientCpuUsPerRpc: number;
+  /** Young- and full-GC activity of the server and of this (client) process during the run. */
+  serverGc?: GcPerRpc;
+  clientGc: GcPerRpc;
+}
+
+/** What a server reports about itself before and after a run. */
+export interface ServerUsage {
+  cpuUs: number;
+  gc: GcTotals;
 }
 
 export class LatencyRecorder {
@@ -47,11 +57,12 @@ export async function closedLoop(
   totalRpcs: number,
   rpcsPerIteration: number,
   iteration: (worker: number, k: number, rec: LatencyRecorder) => Promise<void>,
-  serverCpu?: () => Promise<number>,
+  serverUsage?: () => Promise<ServerUsage>,
 ): Promise<LoadResult> {
   const rec = new LatencyRecorder(totalRpcs + rpcsPerIteration * concurrency);
   let claimed = 0;
-  const cpu0 = serverCpu ? await serverCpu() : 0;
+  const server0 = serverUsage ? await serverUsage() : undefined;
+  const clientGc0 = gcTotals();
   const client0 = process.cpuUsage();
   const t0 = performance.now();
   const worker = async (w: number) => {
@@ -63,7 +74,7 @@ export async function closedLoop(
   await Promise.all(Array.from({ length: concurrency }, (_, w) => worker(w)));
   const wallMs = performance.now() - t0;
   const client = process.cpuUsage(client0);
-  const cpu1 = serverCpu ? await serverCpu() : 0;
+  const server1 = serverUsage ? await serverUsage() : undefined;
   const result: LoadResult = {
     concurrency,
     rpcs: rec.n,
@@ -71,7 +82,11 @@ export async function closedLoop(
     rpcPerSec: rec.n / (wallMs / 1000),
     latencyUs: distribution(rec.samples, rec.n),
     clientCpuUsPerRpc: (client.user + client.system) / rec.n,
+    clientGc: gcPerRpc(clientGc0, gcTotals(), rec.n),
   };
-  if (serverCpu) result.serverCpuUsPerRpc = (cpu1 - cpu0) / rec.n;
+  if (server0 && server1) {
+    result.serverCpuUsPerRpc = (server1.cpuUs - server0.cpuUs) / rec.n;
+    result.serverGc = gcPerRpc(server0.gc, server1.gc, rec.n);
+  }
   return result;
 }

@@ -70,7 +70,9 @@ async function startBroker(dir: string, name: string, o: ServerOptions, files: B
   const client = createClient(BrokerService, channel);
   const contexts: string[] = [];
   for (let i = 0; i < CONTEXTS; i++) contexts.push((await client.openContext({ label: `bench-${i}` })).contextId);
-  return { child, channel, client, usage: () => child.request<ServerUsage>('usage'), deviceIds: benchInventory(o.devices).map((d) => d.bdf), contexts };
+  // A BENCH_ALT_DIST build from before 'usage' existed answers only 'cpu'.
+  const usage = () => child.request<ServerUsage>('usage').catch(async () => ({ cpuUs: await child.request<number>('cpu') }));
+  return { child, channel, client, usage, deviceIds: benchInventory(o.devices).map((d) => d.bdf), contexts };
 }
 
 export async function startServers(o: ServerOptions): Promise<Servers> {

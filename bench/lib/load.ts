@@ -26,10 +26,10 @@ export interface LoadResult {
   clientGc: GcPerRpc;
 }
 
-/** What a server reports about itself before and after a run. */
+/** What a server reports about itself before and after a run (a build from before GC counting reports no `gc`). */
 export interface ServerUsage {
   cpuUs: number;
-  gc: GcTotals;
+  gc?: GcTotals;
 }
 
 export class LatencyRecorder {
@@ -86,7 +86,7 @@ export async function closedLoop(
   };
   if (server0 && server1) {
     result.serverCpuUsPerRpc = (server1.cpuUs - server0.cpuUs) / rec.n;
-    result.serverGc = gcPerRpc(server0.gc, server1.gc, rec.n);
+    if (server0.gc && server1.gc) result.serverGc = gcPerRpc(server0.gc, server1.gc, rec.n);
   }
   return result;
 }

@@ -9,7 +9,6 @@
 import { constants, PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
 
 export interface GcTotals {
-  youngCount: number;
   youngMs: number;
   /** Completed full (mark-compact) collections. */
   fullCount: number;
@@ -34,7 +33,7 @@ export function gcKind(entry: PerformanceEntry): GcKind {
   return 'other';
 }
 
-const totals: GcTotals = { youngCount: 0, youngMs: 0, fullCount: 0, fullMs: 0 };
+const totals: GcTotals = { youngMs: 0, fullCount: 0, fullMs: 0 };
 let observer: PerformanceObserver | undefined;
 
 /** Starts counting (once per process) and returns the running totals so far. */
@@ -44,7 +43,6 @@ export function gcTotals(): GcTotals {
       for (const entry of list.getEntries()) {
         switch (gcKind(entry)) {
           case 'young':
-            totals.youngCount++;
             totals.youngMs += entry.duration;
             break;
           case 'full':

@@ -61,7 +61,12 @@ function logDone(run: Run): void {
   } else logOf(run).info(fields, 'teardown done');
 }
 
-type Phase = (run: Run) => Promise<void>;
+/**
+ * A phase picks what it acts on when it starts and returns no promise when
+ * that is nothing, so a device's unbind does not wait a turn for each of the
+ * phases that have no work for it.
+ */
+type Phase = (run: Run) => Promise<void> | undefined;
 
 /**
  * The legal order, and which phases a single device's teardown runs: the
@@ -89,10 +94,20 @@ export async function runTeardown(
   const report: TeardownReport = { reason, steps: [], vdevicesDestroyed: 0, vdevicesFoundTombstoned: 0, failures: [] };
   const run: Run = { target, env, scope, report };
   for (const [phase, runsFor] of PHASES) {
-    if (runsFor === 'device and context' || scope.kind === 'context') await phase(run);
+    if (runsFor === 'context only' && scope.kind === 'device') continue;
+    const work = phase(run);
+    if (work !== undefined) await work;
   }
   logDone(run);
   return report;
+}
+
+/** Runs `step` on each object in turn; no promise when there are none. */
+function eachInTurn<T>(run: Run, objects: readonly T[], step: (run: Run, obj: T) => Promise<void>): Promise<void> | undefined {
+  if (objects.length === 0) return undefined;
+  return (async () => {
+    for (const obj of objects) await step(run, obj);
+  })();
 }
 
 function inScope(run: Run, device: Handle): boolean {
@@ -153,20 +168,26 @@ function nestParentOf(registry: Registry, nested: HwptNestedObject): HwptPagingO
   return undefined;
 }
 
-async function moveDevicesOffNested(run: Run): Promise<void> {
+function moveDevicesOffNested(run: Run): Promise<void> | undefined {
   const { registry } = run.target;
-  for (const device of devicesInScope(run)) {
-    const hwpt = device.attached === undefined ? undefined : registry.get(device.attached);
-    if (hwpt?.kind !== 'HWPT_NESTED') continue;
-    const parent = nestParentOf(registry, hwpt);
-    if (!parent) continue; // detachDevices takes it off instead
-    const errno = await attempt(run, device, 'move_off_nested', async () => {
-      await run.env.kernel.attachPt(device.file, parent.kernelId);
-    });
-    if (errno !== undefined) continue;
-    registry.setAttachment(device, parent.handle);
-    record(run, 'move_off_nested', device);
-  }
+  return eachInTurn(run, devicesInScope(run).filter((device) => attachedHwpt(registry, device)?.kind === 'HWPT_NESTED'), moveOffNested);
+}
+
+async function moveOffNested(run: Run, device: DeviceObject): Promise<void> {
+  const { registry } = run.target;
+  const hwpt = attachedHwpt(registry, device);
+  const parent = hwpt?.kind === 'HWPT_NESTED' ? nestParentOf(registry, hwpt) : undefined;
+  if (!parent) return; // detachDevices takes it off instead
+  const errno = await attempt(run, device, 'move_off_nested', async () => {
+    await run.env.kernel.attachPt(device.file, parent.kernelId);
+  });
+  if (errno !== undefined) return;
+  registry.setAttachment(device, parent.handle);
+  record(run, 'move_off_nested', device);
+}
+
+function attachedHwpt(registry: Registry, device: DeviceObject): BrokerObject | undefined {
+  return device.attached === undefined ? undefined : registry.get(device.attached);
 }
 
 async function settleVdevice(run: Run, obj: BrokerObject): Promise<void> {
@@ -183,30 +204,33 @@ async function settleVdevice(run: Run, obj: BrokerObject): Promise<void> {
   }
 }
 
-async function destroyVdevices(run: Run): Promise<void> {
-  for (const vdev of newestFirst(run.target.registry.liveOfKind('VDEVICE'))) {
-    if (inScope(run, vdev.device)) await settleVdevice(run, vdev);
-  }
+function destroyVdevices(run: Run): Promise<void> | undefined {
+  const vdevices = newestFirst(run.target.registry.liveOfKind('VDEVICE')).filter((vdev) => inScope(run, vdev.device));
+  return eachInTurn(run, vdevices, settleVdevice);
 }
 
-async function destroyNestedHwpts(run: Run): Promise<void> {
-  const { registry } = run.target;
-  for (const nested of newestFirst(registry.liveOfKind('HWPT_NESTED'))) {
-    if (!inScope(run, nested.allocatedFor)) continue;
+function destroyNestedHwpts(run: Run): Promise<void> | undefined {
+  const nested = newestFirst(run.target.registry.liveOfKind('HWPT_NESTED')).filter((hwpt) => inScope(run, hwpt.allocatedFor));
+  return eachInTurn(run, nested, async (run, hwpt) => {
     // Another device still attached to it keeps it: it is not this device's alone.
-    if (run.scope.kind === 'device' && registry.holders(nested.handle).length > 0) continue;
-    await destroyObject(run, nested);
-  }
+    if (run.scope.kind === 'device' && run.target.registry.holders(hwpt.handle).length > 0) return;
+    await destroyObject(run, hwpt);
+  });
 }
 
-async function destroyViommus(run: Run): Promise<void> {
-  for (const viommu of newestFirst(run.target.registry.liveOfKind('VIOMMU'))) await destroyObject(run, viommu);
+function destroyViommus(run: Run): Promise<void> | undefined {
+  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('VIOMMU')), destroyAll);
+}
+
+/** destroyObject for a phase that destroys every object it picked. */
+async function destroyAll(run: Run, obj: BrokerObject): Promise<void> {
+  await destroyObject(run, obj);
 }
 
 /** Drops a device's attachment from the registry, and the automatic HWPT the kernel frees with it. */
 function forgetAttachment(run: Run, device: DeviceObject): void {
   const { registry } = run.target;
-  const hwpt = device.attached === undefined ? undefined : registry.get(device.attached);
+  const hwpt = attachedHwpt(registry, device);
   registry.setAttachment(device, undefined);
   if (hwpt?.kind === 'HWPT_PAGING' && hwpt.automatic && registry.holders(hwpt.handle).length === 0) {
     registry.remove(hwpt.handle);
@@ -214,43 +238,38 @@ function forgetAttachment(run: Run, device: DeviceObject): void {
   }
 }
 
-async function detachDevices(run: Run): Promise<void> {
-  for (const device of devicesInScope(run)) {
-    if (device.attached === undefined) continue;
+function detachDevices(run: Run): Promise<void> | undefined {
+  return eachInTurn(run, devicesInScope(run).filter((device) => device.attached !== undefined), async (run, device) => {
     const errno = await attempt(run, device, 'detach', () => run.env.kernel.detachPt(device.file));
-    if (errno !== undefined) continue; // closing the fd detaches it
+    if (errno !== undefined) return; // closing the fd detaches it
     record(run, 'detach', device);
     forgetAttachment(run, device);
-  }
+  });
 }
 
-async function destroyPagingHwpts(run: Run): Promise<void> {
-  for (const hwpt of newestFirst(run.target.registry.liveOfKind('HWPT_PAGING'))) {
-    if (!hwpt.automatic) await destroyObject(run, hwpt);
-  }
+function destroyPagingHwpts(run: Run): Promise<void> | undefined {
+  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('HWPT_PAGING')).filter((hwpt) => !hwpt.automatic), destroyAll);
 }
 
-async function destroyIoases(run: Run): Promise<void> {
-  for (const ioas of newestFirst(run.target.registry.liveOfKind('IOAS'))) await destroyObject(run, ioas);
+function destroyIoases(run: Run): Promise<void> | undefined {
+  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('IOAS')), destroyAll);
 }
 
-async function closeDevices(run: Run): Promise<void> {
-  for (const device of devicesInScope(run)) {
+function closeDevices(run: Run): Promise<void> | undefined {
+  return eachInTurn(run, devicesInScope(run), async (run, device) => {
     await run.env.kernel.closeDevice(device.file);
     // close(2) detached it if the detach step could not (§4.5 step 2).
     if (device.attached !== undefined) forgetAttachment(run, device);
     run.target.registry.remove(device.handle);
     record(run, 'close_device', device);
     run.env.onDeviceClosed(device);
-  }
+  });
 }
 
-async function sweepOrphanVdevices(run: Run): Promise<void> {
+function sweepOrphanVdevices(run: Run): Promise<void> | undefined {
   const { registry } = run.target;
-  for (const vdev of newestFirst(registry.liveOfKind('VDEVICE'))) {
-    if (!inScope(run, vdev.device) || registry.get(vdev.device)) continue;
-    await settleVdevice(run, vdev);
-  }
+  const orphans = newestFirst(registry.liveOfKind('VDEVICE')).filter((vdev) => inScope(run, vdev.device) && !registry.get(vdev.device));
+  return eachInTurn(run, orphans, settleVdevice);
 }
 
 async function closeIommufd(run: Run): Promise<void> {

@@ -12,10 +12,14 @@
  *
  * Node has no native ioctl binding, so there is no Node-native ioctl
  * baseline; fs.fstatSync vs C fstat is reported as a reference for what
- * Node's own C++ bindings add to a syscall.
+ * Node's own C++ bindings add to a syscall. The floor for any Node-API FFI is
+ * measured directly: a hand-written Node-API addon (bench/c/napi_floor.c,
+ * built with Node's own headers) making the same call with the same three
+ * integer arguments.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, fstatSync, mkdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import koffi, { type LibraryHandle } from 'koffi';
 import { CACHE, ROOT, serveParent } from './lib/child.js';
@@ -23,23 +27,42 @@ import { median, percentile } from './lib/stats.js';
 
 const SOURCE = path.join(ROOT, 'bench', 'c', 'syscall_cost.c');
 const LIBRARY = path.join(CACHE, 'libsyscall_cost.so');
+const NAPI_SOURCE = path.join(ROOT, 'bench', 'c', 'napi_floor.c');
+const NAPI_ADDON = path.join(CACHE, 'napi_floor.node');
+/** Where official Node builds (and the Docker image) keep node_api.h. */
+const NODE_INCLUDE = path.resolve(path.dirname(process.execPath), '..', 'include', 'node');
 
-function buildC(): string | undefined {
+/** Compiles `source` into `output` unless it is up to date; returns why it failed, if it did. */
+function buildC(source: string, output: string, extraArgs: string[] = []): string | undefined {
   mkdirSync(CACHE, { recursive: true });
-  if (existsSync(LIBRARY) && statSync(LIBRARY).mtimeMs >= statSync(SOURCE).mtimeMs) return undefined;
+  if (existsSync(output) && statSync(output).mtimeMs >= statSync(source).mtimeMs) return undefined;
   try {
-    execFileSync('gcc', ['-O2', '-shared', '-fPIC', '-o', LIBRARY, SOURCE], { stdio: 'pipe' });
+    execFileSync('gcc', ['-O2', '-shared', '-fPIC', ...extraArgs, '-o', output, source], { stdio: 'pipe' });
     return undefined;
   } catch (err) {
-    return `gcc failed: ${(err as Error).message.split('\n')[0]}`;
+    return `gcc failed on ${path.basename(source)}: ${(err as Error).message.split('\n')[0]}`;
   }
+}
+
+interface NapiFloor {
+  ioctl(fd: number, request: number, address: number): number;
+  getppid(): number;
+}
+
+/** The hand-written Node-API addon, or why it is not there (no headers, no compiler). */
+function loadNapiFloor(): NapiFloor | string {
+  if (!existsSync(path.join(NODE_INCLUDE, 'node_api.h'))) return `no Node-API headers at ${NODE_INCLUDE}`;
+  const buildError = buildC(NAPI_SOURCE, NAPI_ADDON, [`-I${NODE_INCLUDE}`]);
+  if (buildError) return buildError;
+  return createRequire(import.meta.url)(NAPI_ADDON) as NapiFloor;
 }
 
 type IoctlFn = (fd: number, request: number, arg: Buffer) => number;
 
 async function ffi(args: { n: number; rounds: number; asyncN: number }) {
-  const buildError = buildC();
+  const buildError = buildC(SOURCE, LIBRARY);
   if (buildError) return { error: buildError };
+  const napi = loadNapiFloor();
   const c = koffi.load(LIBRARY);
   const cIoctlLoop = c.func('double ioctl_fionread_loop(int fd, long n)') as unknown as (fd: number, n: number) => number;
   const cFstatLoop = c.func('double fstat_loop(int fd, long n)') as unknown as (fd: number, n: number) => number;
@@ -102,9 +125,15 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
   const wrapperFreshCall = () => void wrapper!(rfd, FIONREAD, Buffer.alloc(32));
   const fstatCall = () => void fstatSync(rfd);
   const getppidCall = () => void getppid();
+  const napiCall = typeof napi === 'string' ? undefined : () => {
+    if (napi.ioctl(rfd, FIONREAD, fixedAddress) !== 0) throw new Error('ioctl failed');
+  };
+  const napiGetppidCall = typeof napi === 'string' ? undefined : () => void napi.getppid();
   // Warm-up (JIT, koffi's call path, page faults).
   timeSync(koffiCall, 100_000);
   timeSync(koffiAddressCall, 100_000);
+  if (napiCall) timeSync(napiCall, 100_000);
+  if (napiGetppidCall) timeSync(napiGetppidCall, 100_000);
   if (wrapper) timeSync(wrapperCall, 100_000);
   if (wrapper) timeSync(wrapperFreshCall, 100_000);
   timeSync(fstatCall, 50_000);
@@ -118,6 +147,8 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
     wrapperFreshIoctl: [],
     cGetppid: [],
     koffiGetppid: [],
+    napiIoctl: [],
+    napiGetppid: [],
     cFstat: [],
     nodeFstatSync: [],
   };
@@ -128,10 +159,12 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
     rows['cIoctl']!.push(cIoctl);
     rows['koffiIoctl']!.push(timeSync(koffiCall, args.n));
     rows['koffiIoctlAddress']!.push(timeSync(koffiAddressCall, args.n));
+    if (napiCall) rows['napiIoctl']!.push(timeSync(napiCall, args.n));
     if (wrapper) rows['wrapperIoctl']!.push(timeSync(wrapperCall, args.n));
     if (wrapper) rows['wrapperFreshIoctl']!.push(timeSync(wrapperFreshCall, Math.floor(args.n / 2)));
     rows['cGetppid']!.push(cGetppidLoop(args.n));
     rows['koffiGetppid']!.push(timeSync(getppidCall, args.n));
+    if (napiGetppidCall) rows['napiGetppid']!.push(timeSync(napiGetppidCall, args.n));
     rows['cFstat']!.push(cFstatLoop(rfd, Math.floor(args.n / 2)));
     rows['nodeFstatSync']!.push(timeSync(fstatCall, Math.floor(args.n / 2)));
   }
@@ -163,6 +196,9 @@ async function ffi(args: { n: number; rounds: number; asyncN: number }) {
     wrapperOverheadNs: summary(minusC('wrapperIoctl')),
     wrapperFreshOverheadNs: summary(minusC('wrapperFreshIoctl')),
     koffiFixedOverheadNs: median(fixedOverhead),
+    /** A hand-written Node-API addon, same ioctl and arguments: the floor for any Node-API FFI. */
+    napiOverheadNs: summary(minusC('napiIoctl')),
+    napiNote: typeof napi === 'string' ? `Node-API floor not measured: ${napi}` : '',
     asyncWrapperUsPerCall: asyncUs,
     wrapperNote,
     nodeNativeIoctl: 'none: Node has no ioctl binding (fstatSync vs C fstat is shown as a reference for Node-binding cost)',

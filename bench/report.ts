@@ -72,6 +72,7 @@ export interface Results {
     koffiBufferOverheadNs?: Overhead;
     wrapperOverheadNs?: Overhead;
     wrapperFreshOverheadNs?: Overhead;
+    napiOverheadNs?: Overhead;
   };
   targets?: Target[];
 }
@@ -139,6 +140,7 @@ export function evaluateTargets(r: Results): Target[] {
     const k = r.ffi.wrapperOverheadNs ?? r.ffi.koffiBufferOverheadNs;
     const buffer = r.ffi.koffiBufferOverheadNs;
     const fresh = r.ffi.wrapperFreshOverheadNs;
+    const floor = r.ffi.napiOverheadNs;
     t.push({
       name: 'koffi overhead per ioctl, as the backend issues a sync ioctl (vs the same loop in C)',
       target: '≤ 100 ns',
@@ -147,7 +149,8 @@ export function evaluateTargets(r: Results): Target[] {
           ? String(r.ffi.error)
           : `${fmt(k.median)} ns (rounds IQR ${fmt(k.iqr[0])}–${fmt(k.iqr[1])})` +
             (buffer && r.ffi.wrapperOverheadNs ? `; a reused Buffer argument: ${fmt(buffer.median)} ns` : '') +
-            (fresh ? `; a fresh 32-byte Buffer: ${fmt(fresh.median)} ns` : ''),
+            (fresh ? `; a fresh 32-byte Buffer: ${fmt(fresh.median)} ns` : '') +
+            (floor ? `; floor for any Node-API FFI (a hand-written addon, same call): ${fmt(floor.median)} ns` : ''),
       met: k === undefined ? 'n/a' : k.median <= 100,
     });
   }
@@ -266,15 +269,17 @@ export function markdown(r: Results): string {
         ['C ioctl loop (gcc -O2)', n['cIoctl'], c],
         ['koffi ioctl, Buffer argument (reused, already off the V8 heap)', n['koffiIoctl'], c],
         ['koffi ioctl, fixed address as intptr_t', n['koffiIoctlAddress'], c],
+        ['hand-written Node-API addon, same ioctl and arguments (no FFI layer: the floor under koffi)', n['napiIoctl'], c],
         ['project wrapper, argument area (how the backend issues sync ioctls)', n['wrapperIoctl'], c],
         ['project wrapper, fresh 32-byte Buffer per call (includes Buffer.alloc)', n['wrapperFreshIoctl'], c],
         ['C getppid (no arguments)', n['cGetppid'], n['cGetppid'] ?? NaN],
         ['koffi getppid (koffi\'s fixed cost per call)', n['koffiGetppid'], n['cGetppid'] ?? NaN],
+        ['hand-written Node-API addon, getppid (a Node-API call\'s fixed cost)', n['napiGetppid'], n['cGetppid'] ?? NaN],
         ['C fstat (reference)', n['cFstat'], n['cFstat'] ?? NaN],
         ['Node fs.fstatSync (reference: Node-native binding)', n['nodeFstatSync'], n['cFstat'] ?? NaN],
       ];
       for (const [name, v, base] of rows) out.push(`| ${name} | ${fmt(v)} | ${fmt((v ?? NaN) / base)} | ${fmt((v ?? NaN) - base)} |`);
-      out.push('', `Node-native ioctl baseline: ${String(r.ffi['nodeNativeIoctl'])}. Async wrapper (libuv worker): ${fmt(r.ffi['asyncWrapperUsPerCall'] as number | undefined)} µs/call sequential.${r.ffi['wrapperNote'] ? ` ${String(r.ffi['wrapperNote'])}` : ''}`, '');
+      out.push('', `Node-native ioctl baseline: ${String(r.ffi['nodeNativeIoctl'])}. Async wrapper (libuv worker): ${fmt(r.ffi['asyncWrapperUsPerCall'] as number | undefined)} µs/call sequential.${r.ffi['wrapperNote'] ? ` ${String(r.ffi['wrapperNote'])}` : ''}${r.ffi['napiNote'] ? ` ${String(r.ffi['napiNote'])}.` : ''}`, '');
     }
   }
   return out.join('\n');

@@ -141,10 +141,9 @@ export class Broker {
   }
 
   unbindDevice(caller: Caller, id: string, device: Handle): Promise<TeardownReport> {
-    return this.mutate(caller, id, intentOf('unbind', 0, [device]), async (ctx) => {
-      const obj = ctx.registry.resolve(device, ['DEVICE'], 'device');
-      return this.teardown(ctx, { kind: 'device', device: obj }, 'unbind');
-    });
+    return this.mutate(caller, id, intentOf('unbind', 0, [device]), (ctx) =>
+      this.teardown(ctx, { kind: 'device', device: ctx.registry.resolve(device, ['DEVICE'], 'device') }, 'unbind'),
+    );
   }
 
   attachDevice(caller: Caller, id: string, device: Handle, target: Handle) {
@@ -333,9 +332,13 @@ export class Broker {
     return this.inContext(caller, id, (ctx) => this.journaled(ctx, intent(ctx), () => task(ctx), also));
   }
 
-  private async journaled<T>(ctx: Context, intent: OpIntent, task: () => Promise<T>, also: readonly Handle[] = []): Promise<T> {
-    const restart = this.restart;
-    if (!restart) return task();
+  private journaled<T>(ctx: Context, intent: OpIntent, task: () => Promise<T>, also: readonly Handle[] = []): Promise<T> {
+    // Without a journal the task's own promise goes back as it is: an async wrapper would add a promise and two turns.
+    if (!this.restart) return task();
+    return this.journal(this.restart, ctx, intent, task, also);
+  }
+
+  private async journal<T>(restart: RestartRecorder, ctx: Context, intent: OpIntent, task: () => Promise<T>, also: readonly Handle[]): Promise<T> {
     restart.before(ctx, intent);
     try {
       return await task();

@@ -18,8 +18,8 @@ import type { RestoreOutcome } from './restore.js';
 import type { TopologyStep } from './topology.js';
 
 /** An intent naming the objects whose attachment or mappings the operation changes. */
-export function intentOf(op: string, creates: number, unsure: readonly Handle[] = []): () => OpIntent {
-  return () => ({ op, unsure, creates });
+export function intentOf(op: string, creates: number, unsure: readonly Handle[] = []): OpIntent {
+  return { op, unsure, creates };
 }
 
 /** Every live device of a context: a teardown may move or detach any of them. */

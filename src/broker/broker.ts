@@ -47,6 +47,8 @@ export class Broker {
   restoredContexts = 0;
   private readonly log: Logger;
   private readonly env: ops.OpEnv;
+  /** One for every teardown: built once, so a teardown makes no closures of its own. */
+  private readonly teardownEnv: TeardownEnv;
   private readonly restart: RestartRecorder | undefined;
   private shuttingDown = false;
 
@@ -73,6 +75,14 @@ export class Broker {
       admitObject: (ctx) => this.quotas.checkObjects(ctx.tenant, this.liveObjectsOf(ctx.tenant)),
       pinned: pinnedAccount(this.quotas),
       uploads: this.handoffs,
+    };
+    this.teardownEnv = {
+      kernel: options.kernel,
+      log: this.log,
+      onDeviceClosed: (device, contextId) => {
+        const inv = this.inventory.resolve(device.deviceId, 'device_id');
+        if (inv.boundTo === contextId) inv.boundTo = undefined;
+      },
     };
   }
 
@@ -137,37 +147,35 @@ export class Broker {
   }
 
   bindDevice(caller: Caller, id: string, deviceId: string): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('bind', 1), (ctx) => ops.bindDevice(this.env, ctx, deviceId));
+    return this.mutate(caller, id, intentOf('bind', 1), ops.bindDevice, [deviceId]);
   }
 
   unbindDevice(caller: Caller, id: string, device: Handle): Promise<TeardownReport> {
-    return this.mutate(caller, id, intentOf('unbind', 0, [device]), (ctx) =>
-      this.teardown(ctx, { kind: 'device', device: ctx.registry.resolve(device, ['DEVICE'], 'device') }, 'unbind'),
-    );
+    return this.mutate(caller, id, intentOf('unbind', 0, [device]), this.unbindTask, [device]);
   }
 
   attachDevice(caller: Caller, id: string, device: Handle, target: Handle) {
-    return this.mutate(caller, id, intentOf('attach', 1, [device]), (ctx) => ops.attachDevice(this.env, ctx, device, target));
+    return this.mutate(caller, id, intentOf('attach', 1, [device]), ops.attachDevice, [device, target]);
   }
 
   detachDevice(caller: Caller, id: string, device: Handle) {
-    return this.mutate(caller, id, intentOf('detach', 0, [device]), (ctx) => ops.detachDevice(this.env, ctx, device));
+    return this.mutate(caller, id, intentOf('detach', 0, [device]), ops.detachDevice, [device]);
   }
 
   allocIoas(caller: Caller, id: string): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_ioas', 1), (ctx) => ops.allocIoas(this.env, ctx));
+    return this.mutate(caller, id, intentOf('alloc_ioas', 1), ops.allocIoas, []);
   }
 
   allocHwpt(caller: Caller, id: string, args: ops.AllocHwptArgs): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_hwpt', 1), (ctx) => ops.allocHwpt(this.env, ctx, args));
+    return this.mutate(caller, id, intentOf('alloc_hwpt', 1), ops.allocHwpt, [args]);
   }
 
   allocViommu(caller: Caller, id: string, device: Handle, nestParent: Handle, type: ops.ViommuType | undefined): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_viommu', 1), (ctx) => ops.allocViommu(this.env, ctx, device, nestParent, type));
+    return this.mutate(caller, id, intentOf('alloc_viommu', 1), ops.allocViommu, [device, nestParent, type]);
   }
 
   allocVdevice(caller: Caller, id: string, viommu: Handle, device: Handle, virtId: bigint): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_vdevice', 1), (ctx) => ops.allocVdevice(this.env, ctx, viommu, device, virtId));
+    return this.mutate(caller, id, intentOf('alloc_vdevice', 1), ops.allocVdevice, [viommu, device, virtId]);
   }
 
   /** A one-time token for the bound device's fd, redeemable on the fd socket by this caller's process only. */
@@ -190,20 +198,11 @@ export class Broker {
 
   mapMemory(caller: Caller, id: string, args: MapMemoryArgs): Promise<IoasMapping> {
     // Mappings are not registry changes: `also` tells the journal the IOAS changed.
-    return this.mutate(
-      caller,
-      id,
-      intentOf('map', 0, [args.ioas]),
-      async (ctx) => {
-        requireMapFile(this.capabilities);
-        return mapMemory(this.env, ctx, args);
-      },
-      [args.ioas],
-    );
+    return this.mutate(caller, id, intentOf('map', 0, [args.ioas]), this.mapTask, [args], [args.ioas]);
   }
 
   unmapMemory(caller: Caller, id: string, ioas: Handle, iova: bigint, length: bigint): Promise<bigint> {
-    return this.mutate(caller, id, intentOf('unmap', 0, [ioas]), (ctx) => unmapMemory(this.env, ctx, ioas, iova, length), [ioas]);
+    return this.mutate(caller, id, intentOf('unmap', 0, [ioas]), unmapMemory, [ioas, iova, length], [ioas]);
   }
 
   /**
@@ -227,11 +226,11 @@ export class Broker {
 
   /** A whole device graph in one request; all steps or none (topology.ts). */
   applyTopology(caller: Caller, id: string, steps: readonly TopologyStep[]): Promise<TopologyResult[]> {
-    return this.mutate(caller, id, () => topologyIntent(steps), (ctx) => applyTopology(this.env, ctx, steps));
+    return this.mutate(caller, id, topologyIntent(steps), applyTopology, [steps]);
   }
 
   destroyObject(caller: Caller, id: string, handle: Handle): Promise<void> {
-    return this.mutate(caller, id, intentOf('destroy', 0), (ctx) => ops.destroyObject(this.env, ctx, handle));
+    return this.mutate(caller, id, intentOf('destroy', 0), ops.destroyObject, [handle]);
   }
 
   getHwInfo(caller: Caller, id: string, device: Handle) {
@@ -327,10 +326,37 @@ export class Broker {
     return ctx;
   }
 
-  /** A request that changes kernel state: journaled around its kernel calls when restart is configured. */
-  private mutate<T>(caller: Caller, id: string, intent: (ctx: Context) => OpIntent, task: (ctx: Context) => Promise<T>, also: readonly Handle[] = []): Promise<T> {
-    return this.inContext(caller, id, (ctx) => this.journaled(ctx, intent(ctx), () => task(ctx), also));
+  /**
+   * A request that changes kernel state: `op(env, ctx, ...args)` in the
+   * context's FIFO, journaled around its kernel calls when restart is
+   * configured. The work travels as data to one long-lived task, so a request
+   * makes no closures (V8 drops a per-call closure's optimized code at every
+   * full GC, and each full GC then recompiled them all).
+   */
+  private mutate<A extends unknown[], T>(caller: Caller, id: string, intent: OpIntent, op: ContextOp<A, T>, args: A, also: readonly Handle[] = []): Promise<T> {
+    let ctx: Context;
+    try {
+      ctx = this.admit(caller, id);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const mutation: Mutation<A, T> = { ctx, intent, op, args, also };
+    return ctx.executor.runWith(this.runMutation, mutation);
   }
+
+  private readonly runMutation = <A extends unknown[], T>(m: Mutation<A, T>): Promise<T> => {
+    if (m.ctx.state !== 'open') throw contextClosed(m.ctx);
+    if (!this.restart) return m.op(this.env, m.ctx, ...m.args);
+    return this.journal(this.restart, m.ctx, m.intent, () => m.op(this.env, m.ctx, ...m.args), m.also);
+  };
+
+  private readonly unbindTask = (_env: ops.OpEnv, ctx: Context, device: Handle): Promise<TeardownReport> =>
+    this.teardown(ctx, { kind: 'device', device: ctx.registry.resolve(device, ['DEVICE'], 'device') }, 'unbind');
+
+  private readonly mapTask = (env: ops.OpEnv, ctx: Context, args: MapMemoryArgs): Promise<IoasMapping> => {
+    requireMapFile(this.capabilities);
+    return mapMemory(env, ctx, args);
+  };
 
   private journaled<T>(ctx: Context, intent: OpIntent, task: () => Promise<T>, also: readonly Handle[] = []): Promise<T> {
     // Without a journal the task's own promise goes back as it is: an async wrapper would add a promise and two turns.
@@ -347,36 +373,27 @@ export class Broker {
     }
   }
 
+  /** Rate limit, then the caller's context: what every request passes before it queues. */
+  private admit(caller: Caller, id: string): Context {
+    if (!caller.admin) this.quotas.admitRequest(caller.tenant);
+    return this.contextFor(caller, id);
+  }
+
   private inContext<T>(caller: Caller, id: string, task: (ctx: Context) => Promise<T>): Promise<T> {
     let ctx: Context;
     try {
-      if (!caller.admin) this.quotas.admitRequest(caller.tenant);
-      ctx = this.contextFor(caller, id);
+      ctx = this.admit(caller, id);
     } catch (err) {
       return Promise.reject(err);
     }
     return ctx.executor.run(() => {
-      // A request queued behind CloseContext finds the context gone.
-      if (ctx.state !== 'open') {
-        throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: context ${ctx.id} was closed`, { field: 'context_id', contextId: ctx.id });
-      }
+      if (ctx.state !== 'open') throw contextClosed(ctx);
       return task(ctx);
     });
   }
 
-  private teardownEnv(ctx: Context): TeardownEnv {
-    return {
-      kernel: this.kernel,
-      log: this.log,
-      onDeviceClosed: (device) => {
-        const inv = this.inventory.resolve(device.deviceId, 'device_id');
-        if (inv.boundTo === ctx.id) inv.boundTo = undefined;
-      },
-    };
-  }
-
   private async teardown(ctx: Context, scope: TeardownScope, reason: TeardownReason): Promise<TeardownReport> {
-    const report = await runTeardown(ctx, this.teardownEnv(ctx), scope, reason);
+    const report = await runTeardown(ctx, this.teardownEnv, scope, reason);
     ctx.emit({ type: 'teardown', report });
     this.options.observer?.teardown?.(report);
     return report;
@@ -449,4 +466,20 @@ export class Broker {
     }
     this.onAbandoned(ctx);
   }
+}
+
+/** An operation on one context, given the broker's environment (operations.ts, topology.ts, mappings). */
+type ContextOp<A extends unknown[], T> = (env: ops.OpEnv, ctx: Context, ...args: A) => Promise<T>;
+
+interface Mutation<A extends unknown[], T> {
+  ctx: Context;
+  intent: OpIntent;
+  op: ContextOp<A, T>;
+  args: A;
+  also: readonly Handle[];
+}
+
+/** A request queued behind CloseContext finds the context gone. */
+function contextClosed(ctx: Context): BrokerError {
+  return new BrokerError('CONTEXT_NOT_FOUND', `context_id: context ${ctx.id} was closed`, { field: 'context_id', contextId: ctx.id });
 }

@@ -23,7 +23,7 @@ export interface TeardownEnv {
   /** The broker's logger; a teardown makes its own child (with the context ID) only when it logs. */
   log: Logger;
   /** Called after a device fd is closed, so the inventory marks it unbound. */
-  onDeviceClosed(device: DeviceObject): void;
+  onDeviceClosed(device: DeviceObject, contextId: string): void;
 }
 
 export interface TeardownTarget {
@@ -102,12 +102,18 @@ export async function runTeardown(
   return report;
 }
 
-/** Runs `step` on each object in turn; no promise when there are none. */
+/**
+ * Runs `step` on each object in turn; no promise when there are none. Steps
+ * are module-level functions, not closures made per teardown: V8 keeps a
+ * closure's optimized code only while a closure that ran it is alive, so
+ * per-call closures are compiled again after every full GC.
+ */
 function eachInTurn<T>(run: Run, objects: readonly T[], step: (run: Run, obj: T) => Promise<void>): Promise<void> | undefined {
-  if (objects.length === 0) return undefined;
-  return (async () => {
-    for (const obj of objects) await step(run, obj);
-  })();
+  return objects.length === 0 ? undefined : inTurn(run, objects, step);
+}
+
+async function inTurn<T>(run: Run, objects: readonly T[], step: (run: Run, obj: T) => Promise<void>): Promise<void> {
+  for (const obj of objects) await step(run, obj);
 }
 
 function inScope(run: Run, device: Handle): boolean {
@@ -211,11 +217,13 @@ function destroyVdevices(run: Run): Promise<void> | undefined {
 
 function destroyNestedHwpts(run: Run): Promise<void> | undefined {
   const nested = newestFirst(run.target.registry.liveOfKind('HWPT_NESTED')).filter((hwpt) => inScope(run, hwpt.allocatedFor));
-  return eachInTurn(run, nested, async (run, hwpt) => {
-    // Another device still attached to it keeps it: it is not this device's alone.
-    if (run.scope.kind === 'device' && run.target.registry.holders(hwpt.handle).length > 0) return;
-    await destroyObject(run, hwpt);
-  });
+  return eachInTurn(run, nested, destroyNestedHwpt);
+}
+
+async function destroyNestedHwpt(run: Run, hwpt: HwptNestedObject): Promise<void> {
+  // Another device still attached to it keeps it: it is not this device's alone.
+  if (run.scope.kind === 'device' && run.target.registry.holders(hwpt.handle).length > 0) return;
+  await destroyObject(run, hwpt);
 }
 
 function destroyViommus(run: Run): Promise<void> | undefined {
@@ -239,12 +247,14 @@ function forgetAttachment(run: Run, device: DeviceObject): void {
 }
 
 function detachDevices(run: Run): Promise<void> | undefined {
-  return eachInTurn(run, devicesInScope(run).filter((device) => device.attached !== undefined), async (run, device) => {
-    const errno = await attempt(run, device, 'detach', () => run.env.kernel.detachPt(device.file));
-    if (errno !== undefined) return; // closing the fd detaches it
-    record(run, 'detach', device);
-    forgetAttachment(run, device);
-  });
+  return eachInTurn(run, devicesInScope(run).filter((device) => device.attached !== undefined), detachDevice);
+}
+
+async function detachDevice(run: Run, device: DeviceObject): Promise<void> {
+  const errno = await attempt(run, device, 'detach', () => run.env.kernel.detachPt(device.file));
+  if (errno !== undefined) return; // closing the fd detaches it
+  record(run, 'detach', device);
+  forgetAttachment(run, device);
 }
 
 function destroyPagingHwpts(run: Run): Promise<void> | undefined {
@@ -256,14 +266,16 @@ function destroyIoases(run: Run): Promise<void> | undefined {
 }
 
 function closeDevices(run: Run): Promise<void> | undefined {
-  return eachInTurn(run, devicesInScope(run), async (run, device) => {
-    await run.env.kernel.closeDevice(device.file);
-    // close(2) detached it if the detach step could not (§4.5 step 2).
-    if (device.attached !== undefined) forgetAttachment(run, device);
-    run.target.registry.remove(device.handle);
-    record(run, 'close_device', device);
-    run.env.onDeviceClosed(device);
-  });
+  return eachInTurn(run, devicesInScope(run), closeDevice);
+}
+
+async function closeDevice(run: Run, device: DeviceObject): Promise<void> {
+  await run.env.kernel.closeDevice(device.file);
+  // close(2) detached it if the detach step could not (§4.5 step 2).
+  if (device.attached !== undefined) forgetAttachment(run, device);
+  run.target.registry.remove(device.handle);
+  record(run, 'close_device', device);
+  run.env.onDeviceClosed(device, run.target.id);
 }
 
 function sweepOrphanVdevices(run: Run): Promise<void> | undefined {

@@ -128,6 +128,81 @@ function callContext(env: HandlerEnv, method: DescMethod, call: grpc.ServerUnary
   return new RequestContext(env.identity.resolve(call), env.log, method.name, call);
 }
 
+/**
+ * One unary request from decode to answer. Its steps are methods, shared by
+ * every request, rather than closures made per request: V8 keeps a per-call
+ * closure's optimized code only while a closure that ran it is alive, so each
+ * full GC sent every such closure back to the compiler.
+ */
+class UnaryCall {
+  private readonly start = performance.now();
+  private request: MessageShape<DescMessage> | undefined;
+  private ctx: RequestContext | undefined;
+
+  constructor(
+    private readonly env: HandlerEnv,
+    private readonly method: DescMethod,
+    private readonly name: string,
+    /** Whether the call is audited: a mutating method with an audit sink. */
+    private readonly mutating: boolean,
+    private readonly call: grpc.ServerUnaryCall<unknown, unknown>,
+    private readonly callback: grpc.sendUnaryData<unknown>,
+  ) {}
+
+  /** Runs `unary` and answers the client; never throws. */
+  async handle(unary: UnaryImpl<DescMessage, DescMessage>): Promise<void> {
+    let result: MessageInitShape<DescMessage>;
+    try {
+      this.ctx = callContext(this.env, this.method, this.call);
+      this.request = decode(this.method, this.call.request);
+      result = await unary(this.request, this.ctx);
+    } catch (err) {
+      return this.fail(err);
+    }
+    // The audit line needs the full message; otherwise the serializer encodes the init shape as it is.
+    if (!this.mutating) return this.answer(grpc.status.OK, null, result);
+    const response = create(this.method.output, result);
+    await this.record('ok', grpc.status.OK, response);
+    this.answer(grpc.status.OK, null, response);
+  }
+
+  private get log(): Logger {
+    return this.ctx?.log ?? this.env.log;
+  }
+
+  private async fail(err: unknown): Promise<void> {
+    const status = toServiceError(err);
+    if (status.code === grpc.status.INTERNAL) this.log.error({ err }, 'request failed');
+    else if (this.log.isLevelEnabled('debug')) this.log.debug({ code: grpc.status[status.code], message: status.details }, 'request refused');
+    if (this.mutating) await this.record('error', status.code, undefined, status);
+    this.answer(status.code, status);
+  }
+
+  private answer(code: grpc.status, err: grpc.ServiceError | null, value?: unknown): void {
+    this.env.onHandled?.(this.name, code, elapsedSeconds(this.start));
+    this.callback(err, value);
+  }
+
+  private record(result: 'ok' | 'error', code: grpc.status, response?: MessageShape<DescMessage>, err?: grpc.ServiceError): Promise<void> {
+    const { ctx, request, method } = this;
+    const info = err ? errorInfoOf(err) : undefined;
+    const objects = { ...(request ? auditFields(method.input, request) : {}), ...(response ? auditFields(method.output, response, 'out.') : {}) };
+    const contextId = objects['context_id'];
+    delete objects['context_id'];
+    return audit(this.env, this.log, {
+      tenant: ctx ? ctx.caller.tenant : '',
+      peer: ctx ? ctx.caller.peer : this.call.getPeer(),
+      operation: this.name,
+      ...(contextId ? { contextId } : {}),
+      objects,
+      result,
+      code: grpc.status[code],
+      ...(info?.reason ? { reason: info.reason } : {}),
+      ...(info?.metadata['errno'] ? { errno: info.metadata['errno'] } : {}),
+    });
+  }
+}
+
 export function grpcHandlers<S extends GenServiceMethods>(
   service: GenService<S>,
   impl: ServiceImpl<S>,
@@ -141,57 +216,7 @@ export function grpcHandlers<S extends GenServiceMethods>(
       const unary = fn as UnaryImpl<DescMessage, DescMessage>;
       const mutating = isMutating(method) && env.audit !== undefined;
       handlers[method.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-        const start = performance.now();
-        let request: MessageShape<DescMessage> | undefined;
-        let ctx: RequestContext | undefined;
-        const logOf = () => ctx?.log ?? env.log;
-        const record = (result: 'ok' | 'error', code: grpc.status, response?: MessageShape<DescMessage>, err?: grpc.ServiceError) => {
-          const info = err ? errorInfoOf(err) : undefined;
-          const objects = { ...(request ? auditFields(method.input, request) : {}), ...(response ? auditFields(method.output, response, 'out.') : {}) };
-          const contextId = objects['context_id'];
-          delete objects['context_id'];
-          return audit(env, logOf(), {
-            tenant: ctx ? ctx.caller.tenant : '',
-            peer: ctx ? ctx.caller.peer : call.getPeer(),
-            operation: name,
-            ...(contextId ? { contextId } : {}),
-            objects,
-            result,
-            code: grpc.status[code],
-            ...(info?.reason ? { reason: info.reason } : {}),
-            ...(info?.metadata['errno'] ? { errno: info.metadata['errno'] } : {}),
-          });
-        };
-        const fail = (err: unknown) => {
-          const status = toServiceError(err);
-          if (status.code === grpc.status.INTERNAL) logOf().error({ err }, 'request failed');
-          else if (logOf().isLevelEnabled('debug')) logOf().debug({ code: grpc.status[status.code], message: status.details }, 'request refused');
-          const answer = () => {
-            env.onHandled?.(name, status.code, elapsedSeconds(start));
-            callback(status);
-          };
-          if (mutating) void record('error', status.code, undefined, status).then(answer);
-          else answer();
-        };
-        try {
-          ctx = callContext(env, method, call);
-          request = decode(method, call.request);
-          unary(request, ctx).then((result) => {
-            // The audit line needs the full message; otherwise the serializer encodes the init shape as it is.
-            if (!mutating) {
-              env.onHandled?.(name, grpc.status.OK, elapsedSeconds(start));
-              callback(null, result);
-              return;
-            }
-            const response = create(method.output, result);
-            void record('ok', grpc.status.OK, response).then(() => {
-              env.onHandled?.(name, grpc.status.OK, elapsedSeconds(start));
-              callback(null, response);
-            });
-          }, fail);
-        } catch (err) {
-          fail(err);
-        }
+        void new UnaryCall(env, method, name, mutating, call, callback).handle(unary);
       }) as grpc.handleUnaryCall<unknown, unknown>;
     } else if (method.methodKind === 'server_streaming') {
       const stream = fn as StreamImpl<DescMessage, DescMessage>;

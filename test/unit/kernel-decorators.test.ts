@@ -15,7 +15,7 @@ describe('interceptKernel', () => {
     const seen: KernelOp[] = [];
     const k = interceptKernel(stub, (op, call) => {
       seen.push(op);
-      return call();
+      return call.invoke();
     });
     const none = undefined as never;
     await Promise.all([

@@ -95,4 +95,25 @@ describe('FifoExecutor', () => {
     expect(waits[0]).toBeLessThan(0.01);
     expect(waits[1]).toBeGreaterThanOrEqual(0.015);
   });
+
+  it('passes runWith its argument, queued in the same order as run', async () => {
+    const executor = new FifoExecutor();
+    const order: string[] = [];
+    const blocker = gate();
+    const first = executor.run(async () => {
+      await blocker.promise;
+      order.push('first');
+    });
+    const step = async (work: { name: string }) => {
+      order.push(work.name);
+      return work.name.length;
+    };
+    const second = executor.runWith(step, { name: 'second' });
+    const third = executor.run(async () => void order.push('third'));
+    blocker.open();
+    await first;
+    expect(await second).toBe(6);
+    await third;
+    expect(order).toEqual(['first', 'second', 'third']);
+  });
 });

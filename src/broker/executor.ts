@@ -19,7 +19,6 @@ interface Queued {
 export class FifoExecutor {
   private readonly queue: Queued[] = [];
   private running = false;
-  private waiting = 0;
   /** Bound once: the settle handler of every task. */
   private readonly settled = () => this.next();
 
@@ -27,7 +26,7 @@ export class FifoExecutor {
 
   /** Requests queued or running. */
   get depth(): number {
-    return this.waiting;
+    return this.queue.length + (this.running ? 1 : 0);
   }
 
   /**
@@ -47,7 +46,6 @@ export class FifoExecutor {
    */
   runWith<A, T>(task: (arg: A) => Promise<T>, arg: A): Promise<T> {
     const enqueued = this.onWait ? performance.now() : 0;
-    this.waiting++;
     if (!this.running) return this.start(task, arg, enqueued);
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ task: task as (arg: unknown) => Promise<unknown>, arg, enqueued, resolve: resolve as (value: unknown) => void, reject });
@@ -70,7 +68,6 @@ export class FifoExecutor {
   }
 
   private next(): void {
-    this.waiting--;
     const queued = this.queue.shift();
     if (queued === undefined) {
       this.running = false;

@@ -69,11 +69,6 @@ export class SimKernel implements KernelBackend {
   private readonly traits: ProfileTraits;
   private readonly inventory: SimPciFunction[];
   private readonly drivers: SimDrivers;
-  /**
-   * Where each cdev was last found in `inventory`: a hint, checked on use,
-   * since driver binds and the mock bus replace entries (cdevs are unique).
-   */
-  private readonly cdevSlots = new Map<string, number>();
   /** One fd table for both kinds of file, lowest free number first like open(2). */
   private readonly fdNumbers = new IdAllocator(FIRST_FD, 0x7fff_ffff);
   /** iommufd files whose fd is open or whose context is still alive. */
@@ -168,23 +163,13 @@ export class SimKernel implements KernelBackend {
 
   openDevice(cdev: string): Promise<DeviceFile> {
     return this.call('open_device', () => {
-      const pci = this.findCdev(cdev);
+      const pci = this.inventory.find((f) => f.cdev !== undefined && f.cdev === cdev);
       if (pci === undefined) fail('ENOENT', `/dev/vfio/devices/${cdev} does not exist`);
       // open() succeeds repeatedly; only one file may bind (§3.15).
       const handle: DeviceFile = Object.freeze({ kind: 'device', fdNumber: this.allocFd(), cdev });
       this.deviceFiles.set(handle, { handle, pci, binding: undefined });
       return handle;
     });
-  }
-
-  /** The function whose VFIO cdev is `cdev` (what a lookup under /dev/vfio/devices finds). */
-  private findCdev(cdev: string): SimPciFunction | undefined {
-    const slot = this.cdevSlots.get(cdev);
-    if (slot !== undefined && this.inventory[slot]?.cdev === cdev) return this.inventory[slot];
-    const found = this.inventory.findIndex((f) => f.cdev !== undefined && f.cdev === cdev);
-    if (found < 0) return undefined;
-    this.cdevSlots.set(cdev, found);
-    return this.inventory[found];
   }
 
   /** Detach, unbind, tombstone/keep the vDEVICE per profile; never fails (§4.5). */

@@ -64,10 +64,7 @@ export interface AdoptEnv {
 export function adoptRestored(outcome: RestoreOutcome, env: AdoptEnv): void {
   for (const r of outcome.contexts) {
     const ctx = new Context(r.id, r.tenant, r.label, r.lease, r.iommufd, env.queueWait);
-    for (const obj of r.objects) {
-      ctx.registry.add(obj);
-      if (obj.state === 'tombstoned') ctx.registry.tombstone(obj.handle);
-    }
+    for (const obj of r.objects) ctx.registry.add(obj);
     // Handles are never reused, across a restart too.
     while (ctx.registry.lastIssued < r.last) ctx.registry.nextHandle();
     ctx.registry.changed = undefined;

@@ -9,10 +9,19 @@ import { BrokerError } from './errors.js';
 import type { ContextId, Handle } from './ids.js';
 import { holdsOf, labelOf, type BrokerObject, type DeviceObject, type ObjectKind, type ObjectOfKind } from './objects.js';
 
+const NONE: ReadonlySet<BrokerObject> = new Set();
+
+/** Only a refusal needs this wording, so it is built only then (every handle lookup passes through resolve). */
+function expected(kinds: readonly ObjectKind[]): string {
+  return kinds.map(labelOf).join(' or ');
+}
+
 export class Registry {
   private readonly objects = new Map<Handle, BrokerObject>();
   private readonly heldBy = new Map<Handle, Set<Handle>>();
   private readonly byKernelId = new Map<KernelObjectId, Handle>();
+  /** Live objects by kind: teardown asks for each kind in turn, and most contexts have none of most kinds. */
+  private readonly liveByKind = new Map<ObjectKind, Set<BrokerObject>>();
   private lastHandle = 0;
   private live = 0;
   /** Handles changed since the restart journal last looked (journal-recorder.ts); undefined when not journaling. */
@@ -34,11 +43,16 @@ export class Registry {
     return this.live;
   }
 
+  /** Adds a new object, or one restored from the journal; a restored tombstone is dead and holds nothing. */
   add(obj: BrokerObject): void {
     this.changed?.add(obj.handle);
     this.objects.set(obj.handle, obj);
+    if (obj.state !== 'live') return;
     this.byKernelId.set(obj.kernelId, obj.handle);
     this.live++;
+    let ofKind = this.liveByKind.get(obj.kind);
+    if (!ofKind) this.liveByKind.set(obj.kind, (ofKind = new Set()));
+    ofKind.add(obj);
     for (const held of holdsOf(obj)) this.addHolder(held, obj.handle);
   }
 
@@ -90,10 +104,9 @@ export class Registry {
     yield* this.objects.values();
   }
 
-  *liveOfKind<K extends ObjectKind>(kind: K): IterableIterator<ObjectOfKind<K>> {
-    for (const obj of this.objects.values()) {
-      if (obj.kind === kind && obj.state === 'live') yield obj as ObjectOfKind<K>;
-    }
+  /** The live objects of one kind, oldest first; a view, so copy it before changing the registry. */
+  liveOfKind<K extends ObjectKind>(kind: K): ReadonlySet<ObjectOfKind<K>> {
+    return (this.liveByKind.get(kind) ?? NONE) as ReadonlySet<ObjectOfKind<K>>;
   }
 
   /**
@@ -101,10 +114,8 @@ export class Registry {
    * Every failure names the field, the handle and what was expected.
    */
   resolve<K extends ObjectKind>(handle: Handle, kinds: readonly K[], field: string): ObjectOfKind<K> {
-    // Only a refusal needs the wording, so it is built only then (every handle lookup comes here).
-    const expected = () => kinds.map(labelOf).join(' or ');
     if ((handle as number) === 0) {
-      throw new BrokerError('MISSING_FIELD', `${field} is required: give the handle of ${expected()}`, { field });
+      throw new BrokerError('MISSING_FIELD', `${field} is required: give the handle of ${expected(kinds)}`, { field });
     }
     const obj = this.objects.get(handle);
     if (!obj) {
@@ -124,7 +135,7 @@ export class Registry {
     if (!(kinds as readonly ObjectKind[]).includes(obj.kind)) {
       throw new BrokerError(
         'WRONG_OBJECT_TYPE',
-        `${field}: handle ${handle} is ${labelOf(obj.kind)}, expected ${expected()}`,
+        `${field}: handle ${handle} is ${labelOf(obj.kind)}, expected ${expected(kinds)}`,
         { field, objects: [handle], contextId: this.contextId },
       );
     }
@@ -135,6 +146,7 @@ export class Registry {
     for (const held of holdsOf(obj)) this.removeHolder(held, obj.handle);
     if (obj.state === 'live') {
       this.live--;
+      this.liveByKind.get(obj.kind)?.delete(obj);
       if (this.byKernelId.get(obj.kernelId) === obj.handle) this.byKernelId.delete(obj.kernelId);
     }
   }

@@ -54,11 +54,12 @@ function logOf(run: Run): Logger {
  */
 function logDone(run: Run): void {
   const { report } = run;
+  const routine = report.failures.length === 0 && report.reason === 'unbind' && report.vdevicesFoundTombstoned === 0;
+  if (routine && !run.env.log.isLevelEnabled('debug')) return;
   const fields = { reason: report.reason, steps: report.steps.length, failures: report.failures.length, vdevicesFoundTombstoned: report.vdevicesFoundTombstoned };
   if (report.failures.length > 0) logOf(run).warn(fields, 'teardown done with failed steps');
-  else if (report.reason === 'unbind' && report.vdevicesFoundTombstoned === 0) {
-    if (run.env.log.isLevelEnabled('debug')) logOf(run).debug(fields, 'teardown done');
-  } else logOf(run).info(fields, 'teardown done');
+  else if (routine) logOf(run).debug(fields, 'teardown done');
+  else logOf(run).info(fields, 'teardown done');
 }
 
 /**
@@ -120,13 +121,15 @@ function inScope(run: Run, device: Handle): boolean {
   return run.scope.kind === 'context' || run.scope.device.handle === device;
 }
 
-function devicesInScope(run: Run): DeviceObject[] {
+function devicesInScope(run: Run): readonly DeviceObject[] {
   if (run.scope.kind === 'device') return run.target.registry.get(run.scope.device.handle) ? [run.scope.device] : [];
   return newestFirst(run.target.registry.liveOfKind('DEVICE'));
 }
 
-function newestFirst<T extends BrokerObject>(objects: Iterable<T>): T[] {
-  return [...objects].sort((a, b) => b.handle - a.handle);
+const NOTHING: readonly never[] = [];
+
+function newestFirst<T extends BrokerObject>(objects: ReadonlySet<T>): readonly T[] {
+  return objects.size === 0 ? NOTHING : [...objects].sort((a, b) => b.handle - a.handle);
 }
 
 function record(run: Run, action: TeardownAction, obj: BrokerObject): void {

@@ -85,8 +85,12 @@ function isoTime(): string {
 const LOG_BUFFER_BYTES = 4096;
 const LOG_FLUSH_MS = 100;
 let stdout: ReturnType<typeof pino.destination> | undefined;
+/** A line went to stdout since the last flush: sonic-boom's flush of nothing is still a write through the thread pool. */
+let unflushed = false;
 
 function flushQuietly(dest: ReturnType<typeof pino.destination>): void {
+  if (!unflushed) return;
+  unflushed = false;
   try {
     dest.flush();
   } catch {
@@ -115,7 +119,9 @@ export function createLogger(level: string, destination?: pino.DestinationStream
           const first = typeof args[0] === 'string' ? 1 : 2;
           for (let i = first; i < args.length; i++) args[i] = censorWhole(args[i]) as never;
           method.apply(this, args);
-          if (buffered && levelValue >= pino.levels.values['warn']!) flushQuietly(buffered);
+          if (!buffered) return;
+          unflushed = true;
+          if (levelValue >= pino.levels.values['warn']!) flushQuietly(buffered);
         },
       },
       timestamp: isoTime,

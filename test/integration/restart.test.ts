@@ -9,6 +9,7 @@ import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { deviceName, iommufdName } from '../../src/broker/fd-store.js';
+import { asHandle } from '../../src/broker/ids.js';
 import { createSimKernel, type SimKernel } from '../../src/kernel/sim/index.js';
 import { kernelId } from '../../src/kernel/types.js';
 import { DeviceState } from '../../src/gen/vfio_broker/v1/admin_pb.js';
@@ -106,6 +107,11 @@ describe('restart without teardown (sim, one process)', () => {
     expect(errorInfoOf(err as grpc.ServiceError)?.reason).toBe('VDEVICE_DESTROYED_ON_UNBIND');
     const { registry, kernel } = registryMatchesKernel(td, vm.contextId);
     expect(registry).toEqual(kernel);
+    // The restored tombstone is dead: not counted against the tenant's objects, holding nothing.
+    const restored = td.daemon.broker.inspectContext(vm.contextId)!.registry;
+    expect(restored.liveCount).toBe([...restored.all()].filter((o) => o.state === 'live').length);
+    expect([...restored.liveOfKind('VDEVICE')]).toEqual([]);
+    expect(restored.holders(asHandle(vm.viommu))).toEqual([]);
     expect((await td.broker.attachDevice({ contextId: vm.contextId, device: second, target: vm.ioas }, meta)).hwpt).toBeDefined();
     expect((await td.admin.getStatus({})).quarantined).toEqual([]);
   });

@@ -12,8 +12,20 @@ export const VFIO_PCI = 'vfio-pci';
 export class SimDrivers {
   /** The driver each function had before it was prepared. */
   private readonly original = new Map<string, string | undefined>();
+  /** The registered cdevs, as the kernel finds a cdev by its inode rather than by walking the bus. */
+  private readonly byCdev = new Map<string, number>();
 
-  constructor(private readonly inventory: SimPciFunction[]) {}
+  constructor(private readonly inventory: SimPciFunction[]) {
+    inventory.forEach((fn, i) => {
+      if (fn.cdev !== undefined) this.byCdev.set(fn.cdev, i);
+    });
+  }
+
+  /** The function behind `/dev/vfio/devices/<cdev>`, if vfio-pci registered it. */
+  functionOf(cdev: string): SimPciFunction | undefined {
+    const i = this.byCdev.get(cdev);
+    return i === undefined ? undefined : this.inventory[i];
+  }
 
   private indexOf(bdf: string): number {
     const i = this.inventory.findIndex((f) => f.bdf === bdf);
@@ -23,8 +35,7 @@ export class SimDrivers {
 
   /** The lowest `vfioN` not in use, as the kernel's cdev minor allocator hands out. */
   private nextCdev(): string {
-    const used = new Set(this.inventory.map((f) => f.cdev));
-    for (let n = 0; ; n++) if (!used.has(`vfio${n}`)) return `vfio${n}`;
+    for (let n = 0; ; n++) if (!this.byCdev.has(`vfio${n}`)) return `vfio${n}`;
   }
 
   prepare(bdf: string): SimPciFunction {
@@ -34,6 +45,8 @@ export class SimDrivers {
     this.original.set(bdf, fn.driver);
     const next = Object.freeze({ ...fn, driver: VFIO_PCI, cdev: this.nextCdev() });
     this.inventory[i] = next;
+    if (fn.cdev !== undefined) this.byCdev.delete(fn.cdev);
+    this.byCdev.set(next.cdev, i);
     return next;
   }
 
@@ -43,6 +56,7 @@ export class SimDrivers {
     if (!this.original.has(bdf)) return fn; // never prepared here: leave it alone
     if (hasOpenFile) throw new Error(`refusing to release ${bdf}: ${fn.cdev ?? 'its VFIO device'} is still open; close the device first`);
     const next = Object.freeze({ ...fn, driver: this.original.get(bdf), cdev: undefined });
+    if (fn.cdev !== undefined) this.byCdev.delete(fn.cdev);
     this.original.delete(bdf);
     this.inventory[i] = next;
     return next;

@@ -74,6 +74,8 @@ export class SimKernel implements KernelBackend {
   /** iommufd files whose fd is open or whose context is still alive. */
   private readonly iommufds = new Map<IommufdFile, IommufdFileState>();
   private readonly deviceFiles = new Map<DeviceFile, DeviceFileState>();
+  /** Open device files per function, as the kernel keeps a device's open count. */
+  private readonly openFilesOf = new Map<string, number>();
   /**
    * A real fd per device file (a memfd named `vfio-sim:BDF`), so it can be
    * handed to a VMM or put in the fd store. Made on first use: a memfd_create
@@ -99,9 +101,16 @@ export class SimKernel implements KernelBackend {
     this.missing = new Set(options.withoutIoctls ?? []);
     this.mockBus = new selftest.MockBus(this.inventory);
     const boundByGroup = new Map<number, Set<vfio.BoundDeviceFile>>();
+    const membersByGroup = new Map<number, number[]>();
+    this.inventory.forEach((fn, i) => {
+      const members = membersByGroup.get(fn.iommuGroup);
+      if (members) members.push(i);
+      else membersByGroup.set(fn.iommuGroup, [i]);
+    });
     this.host = {
       traits,
       inventory: this.inventory,
+      groupMembers: (group) => membersByGroup.get(group) ?? [],
       boundInGroup(group) {
         let bound = boundByGroup.get(group);
         if (bound === undefined) boundByGroup.set(group, (bound = new Set()));
@@ -163,11 +172,12 @@ export class SimKernel implements KernelBackend {
 
   openDevice(cdev: string): Promise<DeviceFile> {
     return this.call('open_device', () => {
-      const pci = this.inventory.find((f) => f.cdev !== undefined && f.cdev === cdev);
+      const pci = this.drivers.functionOf(cdev);
       if (pci === undefined) fail('ENOENT', `/dev/vfio/devices/${cdev} does not exist`);
       // open() succeeds repeatedly; only one file may bind (§3.15).
       const handle: DeviceFile = Object.freeze({ kind: 'device', fdNumber: this.allocFd(), cdev });
       this.deviceFiles.set(handle, { handle, pci, binding: undefined });
+      this.openFilesOf.set(pci.bdf, (this.openFilesOf.get(pci.bdf) ?? 0) + 1);
       return handle;
     });
   }
@@ -178,6 +188,9 @@ export class SimKernel implements KernelBackend {
     if (df === undefined) return;
     const iommufd = vfio.unbind(this.host, df);
     this.deviceFiles.delete(file);
+    const stillOpen = this.openFilesOf.get(df.pci.bdf)! - 1;
+    if (stillOpen === 0) this.openFilesOf.delete(df.pci.bdf);
+    else this.openFilesOf.set(df.pci.bdf, stillOpen);
     this.fdNumbers.free(file.fdNumber);
     const fd = this.osFds.get(file);
     this.osFds.delete(file);
@@ -217,8 +230,7 @@ export class SimKernel implements KernelBackend {
   }
 
   private hasOpenFile(bdf: string): boolean {
-    for (const df of this.deviceFiles.values()) if (df.pci.bdf === bdf) return true;
-    return false;
+    return this.openFilesOf.has(bdf);
   }
 
   private settleHostUnbind(bdf: string): void {

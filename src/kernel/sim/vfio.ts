@@ -49,6 +49,8 @@ export interface DeviceFileState {
 export interface Host {
   readonly traits: ProfileTraits;
   readonly inventory: readonly SimPciFunction[];
+  /** Inventory indexes of one IOMMU group's functions: drivers change, membership does not. */
+  groupMembers(group: number): readonly number[];
   /**
    * The bound device files of one IOMMU group, kept by bind and unbind below.
    * Per group like the kernel's `iommufd_group`, so a bind looks only at its
@@ -68,8 +70,9 @@ export function bind(host: Host, df: DeviceFileState, file: IommufdFileState | u
   // The cdev path allows one open_count per device: a second bound file is EINVAL.
   for (const o of bound) if (o.pci.bdf === pci.bdf) fail('EINVAL', `${pci.bdf} is bound through another file`);
   // iommu_device_claim_dma_owner: the group must be unowned or owned by this iommufd.
-  for (const sib of host.inventory) {
-    if (sib.iommuGroup === pci.iommuGroup && sib.bdf !== pci.bdf && driverClaimsDefaultDomain(sib)) {
+  for (const i of host.groupMembers(pci.iommuGroup)) {
+    const sib = host.inventory[i]!;
+    if (sib.bdf !== pci.bdf && driverClaimsDefaultDomain(sib)) {
       fail('EPERM', `group ${pci.iommuGroup} sibling ${sib.bdf} is on kernel driver ${sib.driver}`);
     }
   }
@@ -216,7 +219,7 @@ function mockAttachGroup(host: Host, dev: DeviceObject, hwpt: HwptObject): void 
 /** The struct devices of `dev`'s IOMMU group: a mock device is alone in its group (generic_device_group). */
 function groupMembers(host: Host, dev: DeviceObject): { bdf: string; noDirty: boolean }[] {
   if (dev.mock) return [{ bdf: dev.pci.bdf, noDirty: (dev.mock.flags & MOCK_FLAGS_DEVICE_NO_DIRTY) !== 0 }];
-  return host.inventory.filter((fn) => fn.iommuGroup === dev.pci.iommuGroup).map((fn) => ({ bdf: fn.bdf, noDirty: false }));
+  return host.groupMembers(dev.pci.iommuGroup).map((i) => ({ bdf: host.inventory[i]!.bdf, noDirty: false }));
 }
 
 /** VFIO_DEVICE_DETACH_IOMMUFD_PT: 0 even when nothing is attached (§3.17). */

@@ -23,7 +23,6 @@ export class Registry {
   /** Live objects by kind: teardown asks for each kind in turn, and most contexts have none of most kinds. */
   private readonly liveByKind = new Map<ObjectKind, Set<BrokerObject>>();
   private lastHandle = 0;
-  private live = 0;
   /** Handles changed since the restart journal last looked (journal-recorder.ts); undefined when not journaling. */
   changed: Set<Handle> | undefined;
 
@@ -40,7 +39,9 @@ export class Registry {
   }
 
   get liveCount(): number {
-    return this.live;
+    let live = 0;
+    for (const ofKind of this.liveByKind.values()) live += ofKind.size;
+    return live;
   }
 
   /** Adds a new object, or one restored from the journal; a restored tombstone is dead and holds nothing. */
@@ -49,7 +50,6 @@ export class Registry {
     this.objects.set(obj.handle, obj);
     if (obj.state !== 'live') return;
     this.byKernelId.set(obj.kernelId, obj.handle);
-    this.live++;
     let ofKind = this.liveByKind.get(obj.kind);
     if (!ofKind) this.liveByKind.set(obj.kind, (ofKind = new Set()));
     ofKind.add(obj);
@@ -145,7 +145,6 @@ export class Registry {
   private dropReferences(obj: BrokerObject): void {
     for (const held of holdsOf(obj)) this.removeHolder(held, obj.handle);
     if (obj.state === 'live') {
-      this.live--;
       this.liveByKind.get(obj.kind)?.delete(obj);
       if (this.byKernelId.get(obj.kernelId) === obj.handle) this.byKernelId.delete(obj.kernelId);
     }

@@ -109,11 +109,11 @@ export async function runTeardown(
  * closure's optimized code only while a closure that ran it is alive, so
  * per-call closures are compiled again after every full GC.
  */
-function eachInTurn<T>(run: Run, objects: readonly T[], step: (run: Run, obj: T) => Promise<void>): Promise<void> | undefined {
+function eachInTurn<T>(run: Run, objects: readonly T[], step: (run: Run, obj: T) => Promise<unknown>): Promise<void> | undefined {
   return objects.length === 0 ? undefined : inTurn(run, objects, step);
 }
 
-async function inTurn<T>(run: Run, objects: readonly T[], step: (run: Run, obj: T) => Promise<void>): Promise<void> {
+async function inTurn<T>(run: Run, objects: readonly T[], step: (run: Run, obj: T) => Promise<unknown>): Promise<void> {
   for (const obj of objects) await step(run, obj);
 }
 
@@ -230,12 +230,7 @@ async function destroyNestedHwpt(run: Run, hwpt: HwptNestedObject): Promise<void
 }
 
 function destroyViommus(run: Run): Promise<void> | undefined {
-  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('VIOMMU')), destroyAll);
-}
-
-/** destroyObject for a phase that destroys every object it picked. */
-async function destroyAll(run: Run, obj: BrokerObject): Promise<void> {
-  await destroyObject(run, obj);
+  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('VIOMMU')), destroyObject);
 }
 
 /** Drops a device's attachment from the registry, and the automatic HWPT the kernel frees with it. */
@@ -261,11 +256,11 @@ async function detachDevice(run: Run, device: DeviceObject): Promise<void> {
 }
 
 function destroyPagingHwpts(run: Run): Promise<void> | undefined {
-  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('HWPT_PAGING')).filter((hwpt) => !hwpt.automatic), destroyAll);
+  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('HWPT_PAGING')).filter((hwpt) => !hwpt.automatic), destroyObject);
 }
 
 function destroyIoases(run: Run): Promise<void> | undefined {
-  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('IOAS')), destroyAll);
+  return eachInTurn(run, newestFirst(run.target.registry.liveOfKind('IOAS')), destroyObject);
 }
 
 function closeDevices(run: Run): Promise<void> | undefined {

@@ -8,7 +8,7 @@ import { rmSync } from 'node:fs';
 import pino from 'pino';
 import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/obs/log.js';
-import { MAX_MESSAGE_BYTES, prepareSocketPath } from '../src/rpc/server.js';
+import { prepareSocketPath, SERVER_OPTIONS } from '../src/rpc/server.js';
 import { listenUnix } from '../src/rpc/unix-listener.js';
 import { serveParent } from './lib/child.js';
 import { echoImpl, echoServiceDefinition } from './lib/echo.js';
@@ -21,10 +21,7 @@ const [mode, socketPath, optionsJson] = process.argv.slice(2);
 
 async function startEcho(path: string): Promise<() => Promise<void>> {
   await prepareSocketPath(path);
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': 4 * MAX_MESSAGE_BYTES,
-  });
+  const server = new grpc.Server(SERVER_OPTIONS);
   server.addService(echoServiceDefinition, echoImpl);
   const unix = await listenUnix(server, path, pino({ level: 'warn' }));
   return async () => {

@@ -23,6 +23,7 @@ import type { OpIntent, RestartRecorder } from './journal-recorder.js';
 import type { Quarantine } from './quarantine.js';
 import { adoptRestored, devicesOf, intentOf, newQuarantine, releaseQuarantined, topologyIntent } from './broker-restart.js';
 import type { RestoreOutcome } from './restore.js';
+import { LiveTally } from './registry.js';
 
 export type { ContextSummary } from './views.js';
 
@@ -37,7 +38,7 @@ export class Broker {
   readonly capabilities: KernelCapabilities;
   readonly startedAt = new Date();
   private readonly contexts = new Map<ContextId, Context>();
-  private readonly byTenant = new Map<TenantId, Set<Context>>();
+  private readonly byTenant = new Map<TenantId, TenantContexts>();
   readonly quotas: Quotas;
   /** fd-socket tokens; the rpc layer's handoff server redeems them here. */
   readonly handoffs: Handoffs;
@@ -106,13 +107,13 @@ export class Broker {
 
   /** Live objects across one tenant's contexts. */
   liveObjectsOf(tenant: TenantId): number {
-    return liveObjects(this.byTenant.get(tenant) ?? []);
+    return this.byTenant.get(tenant)?.tally.live ?? 0;
   }
 
   async openContext(caller: Caller, label: string, leaseSeconds: number): Promise<ContextId> {
     this.refuseWhenShuttingDown();
     if (!caller.admin) this.quotas.admitRequest(caller.tenant);
-    this.quotas.checkContexts(caller.tenant, this.byTenant.get(caller.tenant)?.size ?? 0);
+    this.quotas.checkContexts(caller.tenant, this.byTenant.get(caller.tenant)?.contexts.size ?? 0);
     if (Buffer.byteLength(label) > MAX_LABEL_BYTES) {
       throw new BrokerError('INVALID_FIELD', `label: ${Buffer.byteLength(label)} bytes is over the ${MAX_LABEL_BYTES}-byte limit`, { field: 'label' });
     }
@@ -426,9 +427,10 @@ export class Broker {
       this.handoffs.dropContext(ctx.id);
       ctx.state = 'closed';
       this.contexts.delete(ctx.id);
+      ctx.registry.leave();
       const own = this.byTenant.get(ctx.tenant);
-      own?.delete(ctx);
-      if (own?.size === 0) this.byTenant.delete(ctx.tenant);
+      own?.contexts.delete(ctx);
+      if (own?.contexts.size === 0) this.byTenant.delete(ctx.tenant);
       ctx.emit({ type: 'closed', reason });
     }
   }
@@ -436,8 +438,9 @@ export class Broker {
   private register(ctx: Context): void {
     this.contexts.set(ctx.id, ctx);
     let own = this.byTenant.get(ctx.tenant);
-    if (!own) this.byTenant.set(ctx.tenant, (own = new Set()));
-    own.add(ctx);
+    if (!own) this.byTenant.set(ctx.tenant, (own = { contexts: new Set(), tally: new LiveTally() }));
+    own.contexts.add(ctx);
+    ctx.registry.join(own.tally);
     ctx.renewLease(() => this.onLeaseExpired(ctx));
   }
 
@@ -466,6 +469,12 @@ export class Broker {
     }
     this.onAbandoned(ctx);
   }
+}
+
+/** A tenant's open contexts, and its live objects across them. */
+interface TenantContexts {
+  readonly contexts: Set<Context>;
+  readonly tally: LiveTally;
 }
 
 /** An operation on one context, given the broker's environment (operations.ts, topology.ts, mappings). */

@@ -45,16 +45,19 @@ export class FifoExecutor {
    * (V8 drops a per-call closure's optimized code at every full GC).
    */
   runWith<A, T>(task: (arg: A) => Promise<T>, arg: A): Promise<T> {
+    if (!this.running) {
+      // It starts in this same call: it waited for nothing, and reading the clock twice would not say more.
+      this.onWait?.(0);
+      return this.start(task, arg);
+    }
     const enqueued = this.onWait ? performance.now() : 0;
-    if (!this.running) return this.start(task, arg, enqueued);
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ task: task as (arg: unknown) => Promise<unknown>, arg, enqueued, resolve: resolve as (value: unknown) => void, reject });
     });
   }
 
-  private start<A, T>(task: (arg: A) => Promise<T>, arg: A, enqueued: number): Promise<T> {
+  private start<A, T>(task: (arg: A) => Promise<T>, arg: A): Promise<T> {
     this.running = true;
-    if (this.onWait) this.onWait((performance.now() - enqueued) / 1000);
     let result: Promise<T>;
     try {
       result = task(arg);
@@ -73,6 +76,7 @@ export class FifoExecutor {
       this.running = false;
       return;
     }
-    this.start(queued.task, queued.arg, queued.enqueued).then(queued.resolve, queued.reject);
+    if (this.onWait) this.onWait((performance.now() - queued.enqueued) / 1000);
+    this.start(queued.task, queued.arg).then(queued.resolve, queued.reject);
   }
 }

@@ -11,6 +11,15 @@ import { holdsOf, labelOf, type BrokerObject, type DeviceObject, type ObjectKind
 
 const NONE: ReadonlySet<BrokerObject> = new Set();
 
+/**
+ * Live objects across one tenant's open contexts: the figure the object
+ * quota checks on every create, kept as the registries change rather than
+ * summed over the tenant's contexts each time.
+ */
+export class LiveTally {
+  live = 0;
+}
+
 /** Only a refusal needs this wording, so it is built only then (every handle lookup passes through resolve). */
 function expected(kinds: readonly ObjectKind[]): string {
   return kinds.map(labelOf).join(' or ');
@@ -22,6 +31,13 @@ export class Registry {
   private readonly byKernelId = new Map<KernelObjectId, Handle>();
   /** Live objects by kind: teardown asks for each kind in turn, and most contexts have none of most kinds. */
   private readonly liveByKind = new Map<ObjectKind, Set<BrokerObject>>();
+  /**
+   * The sum of liveByKind's sizes, kept as a count because every create sums
+   * it over all of the tenant's contexts for the object quota.
+   */
+  private live = 0;
+  /** The tenant's tally while the context is served (join/leave). */
+  private tally: LiveTally | undefined;
   private lastHandle = 0;
   /** Handles changed since the restart journal last looked (journal-recorder.ts); undefined when not journaling. */
   changed: Set<Handle> | undefined;
@@ -39,9 +55,21 @@ export class Registry {
   }
 
   get liveCount(): number {
-    let live = 0;
-    for (const ofKind of this.liveByKind.values()) live += ofKind.size;
-    return live;
+    return this.live;
+  }
+
+  /** Counts this context's live objects, now and as they change, in its tenant's tally. */
+  join(tally: LiveTally): void {
+    this.leave();
+    this.tally = tally;
+    tally.live += this.live;
+  }
+
+  /** Takes what is still live here out of the tally: the closed context's iommufd took it with it. */
+  leave(): void {
+    if (!this.tally) return;
+    this.tally.live -= this.live;
+    this.tally = undefined;
   }
 
   /** Adds a new object, or one restored from the journal; a restored tombstone is dead and holds nothing. */
@@ -53,6 +81,8 @@ export class Registry {
     let ofKind = this.liveByKind.get(obj.kind);
     if (!ofKind) this.liveByKind.set(obj.kind, (ofKind = new Set()));
     ofKind.add(obj);
+    this.live++;
+    if (this.tally) this.tally.live++;
     for (const held of holdsOf(obj)) this.addHolder(held, obj.handle);
   }
 
@@ -145,7 +175,10 @@ export class Registry {
   private dropReferences(obj: BrokerObject): void {
     for (const held of holdsOf(obj)) this.removeHolder(held, obj.handle);
     if (obj.state === 'live') {
-      this.liveByKind.get(obj.kind)?.delete(obj);
+      if (this.liveByKind.get(obj.kind)?.delete(obj)) {
+        this.live--;
+        if (this.tally) this.tally.live--;
+      }
       if (this.byKernelId.get(obj.kernelId) === obj.handle) this.byKernelId.delete(obj.kernelId);
     }
   }

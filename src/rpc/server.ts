@@ -23,6 +23,17 @@ import { readFileSync } from 'node:fs';
 import { addReflection } from './reflection.js';
 
 export const MAX_MESSAGE_BYTES = 1 << 20;
+
+/**
+ * The daemon's grpc-js server options (the bench's echo server uses the same).
+ * Channelz is off: nothing here serves the channelz API, and grpc-js would
+ * otherwise count and timestamp every call, message and socket for it.
+ */
+export const SERVER_OPTIONS: grpc.ServerOptions = {
+  'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+  'grpc.max_send_message_length': 4 * MAX_MESSAGE_BYTES,
+  'grpc.enable_channelz': 0,
+};
 export const SERVICE_NAMES = [BrokerService.typeName, AdminService.typeName] as const;
 
 export interface ServerOptions {
@@ -85,10 +96,7 @@ export async function prepareSocketPath(socketPath: string): Promise<void> {
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const { broker, log } = options;
   await prepareSocketPath(options.socketPath);
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': 4 * MAX_MESSAGE_BYTES,
-  });
+  const server = new grpc.Server(SERVER_OPTIONS);
   // The identity needs the listener's connection table; the listener needs the server.
   let credentialsOf: (peer: string) => PeerCredentials | undefined = () => undefined;
   const env: HandlerEnv = { log, identity: new PeerIdentity(options.identity, (peer) => credentialsOf(peer)) };

@@ -1,6 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
+import { TeardownAction } from '../../src/gen/vfio_broker/v1/objects_pb.js';
 import { errorInfoOf } from '../../src/rpc/status.js';
+import { asTenant } from '../../src/broker/ids.js';
 import { asTenantMetadata, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 
 async function refused(p: Promise<unknown>): Promise<grpc.ServiceError> {
@@ -37,5 +39,35 @@ describe('quotas over gRPC', () => {
     // Nothing was created by the refused call.
     expect((await td.broker.listObjects({ contextId }, small)).objects).toHaveLength(2);
     expect(td.daemon.sim!.objects(td.daemon.broker.inspectContext(contextId)!.iommufd)).toHaveLength(2);
+  });
+
+  it('counts a tenant\'s objects across its contexts as they are created, destroyed and closed with', async () => {
+    td = await startTestDaemon('linux-6.17', (c) => {
+      c.quotas.tenants = { small: { contexts: 2, objects: 3 } };
+    });
+    const small = { metadata: asTenantMetadata('small') };
+    const first = (await td.broker.openContext({}, small)).contextId;
+    const second = (await td.broker.openContext({}, small)).contextId;
+    const a = (await td.broker.allocIoas({ contextId: first }, small)).ioas!.handle;
+    await td.broker.allocIoas({ contextId: first }, small);
+    await td.broker.allocIoas({ contextId: second }, small);
+    expect(td.daemon.broker.liveObjectsOf(asTenant('small'))).toBe(3);
+    await refused(td.broker.allocIoas({ contextId: second }, small));
+
+    // A destroyed object gives its place back.
+    await td.broker.destroyObject({ contextId: first, handle: a }, small);
+    await td.broker.allocIoas({ contextId: second }, small);
+    expect(td.daemon.broker.liveObjectsOf(asTenant('small'))).toBe(3);
+
+    // A close whose destroy fails still takes every object of the context off the count: the iommufd's close freed them.
+    td.daemon.sim!.faults.failRandomly(1, ['EBUSY'], 1, { ops: ['destroy'] });
+    const { teardown } = await td.broker.closeContext({ contextId: first }, small);
+    td.daemon.sim!.faults.clear();
+    expect(teardown!.steps.map((s) => s.action)).toEqual([TeardownAction.CLOSE_IOMMUFD]);
+    expect(td.daemon.broker.liveObjectsOf(asTenant('small'))).toBe(2);
+    const third = (await td.broker.openContext({}, small)).contextId;
+    await td.broker.allocIoas({ contextId: third }, small);
+    const err = await refused(td.broker.allocIoas({ contextId: third }, small));
+    expect(errorInfoOf(err)).toMatchObject({ reason: 'QUOTA_EXCEEDED', metadata: { quota: 'objects', limit: '3' } });
   });
 });

@@ -110,6 +110,8 @@ describe('restart without teardown (sim, one process)', () => {
     // The restored tombstone is dead: not counted against the tenant's objects, holding nothing.
     const restored = td.daemon.broker.inspectContext(vm.contextId)!.registry;
     expect(restored.liveCount).toBe([...restored.all()].filter((o) => o.state === 'live').length);
+    // The tenant's count, which the object quota checks, is that context's count once, after three restarts.
+    expect(td.daemon.broker.liveObjectsOf(td.daemon.broker.inspectContext(vm.contextId)!.tenant)).toBe(restored.liveCount);
     expect([...restored.liveOfKind('VDEVICE')]).toEqual([]);
     expect(restored.holders(asHandle(vm.viommu))).toEqual([]);
     expect((await td.broker.attachDevice({ contextId: vm.contextId, device: second, target: vm.ioas }, meta)).hwpt).toBeDefined();

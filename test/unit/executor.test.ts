@@ -116,4 +116,20 @@ describe('FifoExecutor', () => {
     await third;
     expect(order).toEqual(['first', 'second', 'third']);
   });
+
+  it('reports no wait for a task that found its queue idle, and the time queued for one that did not', async () => {
+    const waits: number[] = [];
+    const executor = new FifoExecutor((seconds) => waits.push(seconds));
+    const first = gate();
+    const a = executor.run(() => first.promise);
+    const b = executor.run(async () => 'b');
+    expect(waits).toEqual([0]); // b has not started: its wait is not known yet
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    first.open();
+    await Promise.all([a, b]);
+    expect(waits).toHaveLength(2);
+    expect(waits[1]).toBeGreaterThanOrEqual(0.025);
+    expect(waits[1]).toBeLessThan(5);
+  });
 });
+

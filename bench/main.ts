@@ -23,12 +23,13 @@ environment:
   BENCH_CALLS_C1=N       RPCs per measurement at 1 in flight (default 3000)
   BENCH_WARMUP=N         warm-up RPCs per workload (default 3000)
   BENCH_ROUNDS=N         interleaved rounds; each broker round runs between two echo rounds (default 5)
-  BENCH_WORKLOADS=allocDestroy,bindUnbind,allocDestroyAudited,allocDestroyJournaled,bindUnbindJournaled
+  BENCH_WORKLOADS=allocDestroy,bindUnbind,allocDestroyAudited,allocDestroyJournaled,bindUnbindJournaled,bindUnbindCached
   BENCH_CONCURRENCY=1,64 in-flight levels (narrow a profiling run)
   BENCH_TOPOLOGIES=N     VM topologies per mode (default 200)
   BENCH_TEARDOWN_SIZES=10,100,1000,10000   BENCH_TEARDOWN_REPS=N (default 9)
   BENCH_OWNWORK_ITERS=N  BENCH_MEM_CONTEXTS=N  BENCH_MEM_PER_CONTEXT=N  BENCH_FFI_CALLS=N
   BENCH_AUDIT=0          skip the audit-log row       BENCH_JOURNAL=0   skip the journal rows
+  BENCH_CACHED=0         skip the row with BindDevice/UnbindDevice answered from a cache (the RPC layer alone)
   BENCH_LOG_LEVEL=LEVEL  daemon log level (default info)
   BENCH_PROFILE=1        CPU profiles of the servers into .cache/bench/prof (read with npm run bench:prof-top -- FILE)
   BENCH_SERVER_NODE_FLAGS="FLAGS"   node flags for the server processes, e.g. --perf-basic-prof
@@ -104,6 +105,7 @@ async function singleOps(s: Servers, results: Results): Promise<void> {
     'bindUnbind',
     ...(s.audited ? (['allocDestroyAudited'] as const) : []),
     ...(s.journaled ? (['allocDestroyJournaled', 'bindUnbindJournaled'] as const) : []),
+    ...(s.cached ? (['bindUnbindCached'] as const) : []),
     ...(s.alt ? (['allocDestroyAlt', 'bindUnbindAlt'] as const) : []),
   ];
   const picked = envList('BENCH_WORKLOADS');
@@ -169,7 +171,7 @@ async function main(): Promise<void> {
     const topoParallel = 8;
     const altDist = process.env['BENCH_ALT_DIST'] ? path.resolve(process.env['BENCH_ALT_DIST']) : undefined;
     if (altDist) results.config['altDist'] = altDist;
-    const s = await startServers({ devices: 64 + 4 * topoParallel, logLevel, audit: process.env['BENCH_AUDIT'] !== '0', journal: process.env['BENCH_JOURNAL'] !== '0', execArgv, altDist });
+    const s = await startServers({ devices: 64 + 4 * topoParallel, logLevel, audit: process.env['BENCH_AUDIT'] !== '0', journal: process.env['BENCH_JOURNAL'] !== '0', cached: process.env['BENCH_CACHED'] !== '0', execArgv, altDist });
     try {
       if (wants('single')) await singleOps(s, results);
       if (wants('topology')) {

@@ -83,6 +83,7 @@ const LABELS: Record<string, string> = {
   allocDestroyAudited: 'AllocIoas + DestroyObject, audit log on (fdatasync)',
   allocDestroyJournaled: 'AllocIoas + DestroyObject, restart journal on (fdatasync)',
   bindUnbindJournaled: 'BindDevice + UnbindDevice, restart journal on (fdatasync)',
+  bindUnbindCached: 'BindDevice + UnbindDevice answered from a cache (the RPC layer alone)',
   allocDestroyAlt: 'AllocIoas + DestroyObject, candidate build',
   bindUnbindAlt: 'BindDevice + UnbindDevice, candidate build',
 };
@@ -209,6 +210,12 @@ export function markdown(r: Results): string {
     if (r.singleOps['allocDestroyJournaled'] || r.singleOps['bindUnbindJournaled']) {
       out.push(
         'The journal rows run the daemon with `restart.journalPath` set (fdatasync group commit before each reply), as the systemd unit does by default, but without an fd store: the bench has no NOTIFY_SOCKET, so the per-device FDSTORE message the unit also sends is not in these figures.',
+        '',
+      );
+    }
+    if (r.singleOps['bindUnbindCached']) {
+      out.push(
+        'The cached row is the same daemon with BindDevice and UnbindDevice answered from a cache after each context\'s first real pair (bench/lib/cached-broker.ts): the same requests through grpc-js, identity, decoding, validation, the handler, metrics and encoding, without the broker and the simulated kernel. Its distance from echo is the RPC layer\'s share of the Bind+Unbind gap; its distance from the Bind+Unbind row is the broker\'s and the simulated kernel\'s. Like every row it is a median of a few noisy rounds, so read the split across runs, not from one.',
         '',
       );
     }

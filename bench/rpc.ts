@@ -40,6 +40,8 @@ export interface Servers {
   audited: BrokerHandle | undefined;
   /** The daemon with its restart journal on (fdatasync), as the systemd unit runs it. */
   journaled: BrokerHandle | undefined;
+  /** The daemon with BindDevice and UnbindDevice answered from a cache: the RPC layer alone. */
+  cached: BrokerHandle | undefined;
   /** The daemon from another build (BENCH_ALT_DIST), measured in the same rounds. */
   alt: BrokerHandle | undefined;
   stop(): Promise<void>;
@@ -51,6 +53,8 @@ export interface ServerOptions {
   audit: boolean;
   /** Also start a daemon with the restart journal on. */
   journal: boolean;
+  /** Also start a daemon whose BindDevice and UnbindDevice answer from a cache. */
+  cached?: boolean;
   /** Extra node flags for the daemon children, e.g. --cpu-prof. */
   execArgv: string[];
   /** A second build's bench-dist/bench directory, to compare a candidate change side by side. */
@@ -60,6 +64,7 @@ export interface ServerOptions {
 interface BrokerFiles {
   auditPath: string;
   journalPath?: string;
+  cachedBindUnbind?: boolean;
 }
 
 async function startBroker(dir: string, name: string, o: ServerOptions, files: BrokerFiles, distDir?: string): Promise<BrokerHandle> {
@@ -83,6 +88,7 @@ export async function startServers(o: ServerOptions): Promise<Servers> {
   const broker = await startBroker(dir, 'broker-server', o, { auditPath: '' });
   const audited = o.audit ? await startBroker(dir, 'broker-audit-server', o, { auditPath: path.join(dir, 'audit.log') }) : undefined;
   const journaled = o.journal ? await startBroker(dir, 'broker-journal-server', o, { auditPath: '', journalPath: path.join(dir, 'journal') }) : undefined;
+  const cached = o.cached ? await startBroker(dir, 'broker-cached-server', o, { auditPath: '', cachedBindUnbind: true }) : undefined;
   const alt = o.altDist ? await startBroker(dir, 'broker-alt-server', o, { auditPath: '' }, o.altDist) : undefined;
   return {
     dir,
@@ -90,9 +96,10 @@ export async function startServers(o: ServerOptions): Promise<Servers> {
     broker,
     audited,
     journaled,
+    cached,
     alt,
     async stop() {
-      for (const s of [echo, broker, audited, journaled, alt]) {
+      for (const s of [echo, broker, audited, journaled, cached, alt]) {
         if (!s) continue;
         s.channel.close();
         await s.child.stop();
@@ -114,15 +121,17 @@ export type Workload =
   | 'allocDestroyAudited'
   | 'allocDestroyJournaled'
   | 'bindUnbindJournaled'
+  | 'bindUnbindCached'
   | 'allocDestroyAlt'
   | 'bindUnbindAlt';
 
 /** Extra rows measured at 64 in flight only. */
-export const ONLY_AT_64: readonly Workload[] = ['allocDestroyAudited', 'allocDestroyJournaled', 'bindUnbindJournaled'];
+export const ONLY_AT_64: readonly Workload[] = ['allocDestroyAudited', 'allocDestroyJournaled', 'bindUnbindJournaled', 'bindUnbindCached'];
 
 function daemonFor(s: Servers, which: Exclude<Workload, 'echo'>): BrokerHandle | undefined {
   if (which === 'allocDestroyAudited') return s.audited;
   if (which.endsWith('Journaled')) return s.journaled;
+  if (which === 'bindUnbindCached') return s.cached;
   return which.endsWith('Alt') ? s.alt : s.broker;
 }
 

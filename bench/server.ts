@@ -10,6 +10,7 @@ import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/obs/log.js';
 import { prepareSocketPath, SERVER_OPTIONS } from '../src/rpc/server.js';
 import { listenUnix } from '../src/rpc/unix-listener.js';
+import { answerBindUnbindFromCache } from './lib/cached-broker.js';
 import { serveParent } from './lib/child.js';
 import { echoImpl, echoServiceDefinition } from './lib/echo.js';
 import { benchDaemonConfig, type BenchDaemonOptions } from './lib/setup.js';
@@ -43,6 +44,7 @@ async function main(): Promise<void> {
     const config = benchDaemonConfig({ ...options, socketPath });
     // Logs go to this process's stdout, which the parent points at a file.
     daemon = await startDaemon({ config, log: createLogger(config.log.level) });
+    if (options.cachedBindUnbind) answerBindUnbindFromCache(daemon.broker);
     stop = () => daemon!.stop();
   }
   serveParent({

@@ -41,6 +41,8 @@ export interface BenchDaemonOptions {
   journalPath?: string;
   /** Every device is assigned to this tenant. */
   tenant?: string;
+  /** Answer BindDevice and UnbindDevice from a cache (cached-broker.ts): the RPC layer alone. */
+  cachedBindUnbind?: boolean;
 }
 
 /** The daemon as the RPC benches run it: production defaults except for what the bench needs. */

@@ -5,7 +5,7 @@
  * protobuf-es 2 encodes and decodes by reflection: a wrapper object per
  * (nested) message, a try block per scalar, a chunk array per nested message
  * and a TextEncoder call per string. For ApplyTopology's 23-step request and
- * response that was most of the daemon's CPU time (bench/README.md). These
+ * response that was most of the daemon's CPU time in the bench's topology rounds. These
  * codecs are built once per message type from the same descriptors and give
  * the same bytes as `toBinary` and the same message objects as `fromBinary`.
  * Anything outside the proto3 subset the API uses (maps, groups, closed enums,

@@ -31,12 +31,7 @@ export class Registry {
   private readonly byKernelId = new Map<KernelObjectId, Handle>();
   /** Live objects by kind: teardown asks for each kind in turn, and most contexts have none of most kinds. */
   private readonly liveByKind = new Map<ObjectKind, Set<BrokerObject>>();
-  /**
-   * The sum of liveByKind's sizes, kept as a count because every create sums
-   * it over all of the tenant's contexts for the object quota.
-   */
-  private live = 0;
-  /** The tenant's tally while the context is served (join/leave). */
+  /** The tenant's tally while the context is served (join/leave); it moves with liveByKind. */
   private tally: LiveTally | undefined;
   private lastHandle = 0;
   /** Handles changed since the restart journal last looked (journal-recorder.ts); undefined when not journaling. */
@@ -55,20 +50,22 @@ export class Registry {
   }
 
   get liveCount(): number {
-    return this.live;
+    let live = 0;
+    for (const ofKind of this.liveByKind.values()) live += ofKind.size;
+    return live;
   }
 
   /** Counts this context's live objects, now and as they change, in its tenant's tally. */
   join(tally: LiveTally): void {
     this.leave();
     this.tally = tally;
-    tally.live += this.live;
+    tally.live += this.liveCount;
   }
 
   /** Takes what is still live here out of the tally: the closed context's iommufd took it with it. */
   leave(): void {
     if (!this.tally) return;
-    this.tally.live -= this.live;
+    this.tally.live -= this.liveCount;
     this.tally = undefined;
   }
 
@@ -81,7 +78,6 @@ export class Registry {
     let ofKind = this.liveByKind.get(obj.kind);
     if (!ofKind) this.liveByKind.set(obj.kind, (ofKind = new Set()));
     ofKind.add(obj);
-    this.live++;
     if (this.tally) this.tally.live++;
     for (const held of holdsOf(obj)) this.addHolder(held, obj.handle);
   }
@@ -175,10 +171,7 @@ export class Registry {
   private dropReferences(obj: BrokerObject): void {
     for (const held of holdsOf(obj)) this.removeHolder(held, obj.handle);
     if (obj.state === 'live') {
-      if (this.liveByKind.get(obj.kind)?.delete(obj)) {
-        this.live--;
-        if (this.tally) this.tally.live--;
-      }
+      if (this.liveByKind.get(obj.kind)?.delete(obj) && this.tally) this.tally.live--;
       if (this.byKernelId.get(obj.kernelId) === obj.handle) this.byKernelId.delete(obj.kernelId);
     }
   }

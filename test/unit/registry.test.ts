@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ContextId, Handle } from '../../src/broker/ids.js';
 import type { BrokerObject, IoasObject, ObjectKind, VdeviceObject, ViommuObject } from '../../src/broker/objects.js';
-import { Registry } from '../../src/broker/registry.js';
+import { LiveTally, Registry } from '../../src/broker/registry.js';
 import type { KernelObjectId } from '../../src/kernel/types.js';
 
 const KINDS: ObjectKind[] = ['DEVICE', 'IOAS', 'HWPT_PAGING', 'HWPT_NESTED', 'VIOMMU', 'VDEVICE'];
@@ -15,7 +15,7 @@ function ioas(r: Registry, kernelId: number): IoasObject {
   return { kind: 'IOAS', handle: r.nextHandle(), kernelId: kernelId as KernelObjectId, state: 'live', mappings: new Map() };
 }
 
-describe('Registry live count', () => {
+describe('Registry live count and tenant tally', () => {
   it('follows add, remove and tombstone, and equals the per-kind views', () => {
     const r = new Registry('ctx-000000000000000000000001' as ContextId);
     const a = ioas(r, 1);
@@ -24,8 +24,12 @@ describe('Registry live count', () => {
     const vdevice: VdeviceObject = {
       kind: 'VDEVICE', handle: r.nextHandle(), kernelId: 4 as KernelObjectId, state: 'live', viommu: viommu.handle, device: 98 as Handle, virtId: 1n,
     };
-    for (const o of [a, b, viommu, vdevice] as BrokerObject[]) r.add(o);
+    const tally = new LiveTally();
+    r.add(a); // before the context joins its tenant: join counts it
+    r.join(tally);
+    for (const o of [b, viommu, vdevice] as BrokerObject[]) r.add(o);
     expect(r.liveCount).toBe(4);
+    expect(tally.live).toBe(4);
 
     r.tombstone(vdevice.handle);
     r.tombstone(vdevice.handle); // a second tombstone changes nothing
@@ -38,6 +42,14 @@ describe('Registry live count', () => {
     expect(r.liveCount).toBe(2);
     expect(r.liveCount).toBe(countedLive(r));
     expect(KINDS.reduce((n, k) => n + r.liveOfKind(k).size, 0)).toBe(2);
+    expect(tally.live).toBe(2);
+
+    // Leaving takes what is still live out of the tally, and later changes no longer reach it.
+    r.leave();
+    expect(tally.live).toBe(0);
+    r.remove(b.handle);
+    expect(tally.live).toBe(0);
+    expect(r.liveCount).toBe(1);
   });
 
   it('does not count a restored tombstone', () => {

@@ -9,6 +9,8 @@ import { BrokerError, kernelFailure } from './errors.js';
 import type { ObjectView, SequencedEvent, TeardownReason, TeardownReport } from './events.js';
 import type { BrokerOptions, Caller } from './broker-types.js';
 import { newContextId, type ContextId, type Handle, type TenantId } from './ids.js';
+import { ContextTable } from './context-table.js';
+import { ContextRunner, contextClosed } from './context-runner.js';
 import { Inventory, type DeviceView } from './inventory.js';
 import * as ops from './operations.js';
 import { runTeardown, type TeardownEnv, type TeardownScope } from './teardown.js';
@@ -19,11 +21,10 @@ import { Handoffs, localCaller, type Lease } from './handoff.js';
 import { mapMemory, pinnedAccount, requireMapFile, unmapMemory, type MapMemoryArgs } from './memory.js';
 import type { IoasMapping } from './objects.js';
 import { changeDriver } from './managed.js';
-import type { OpIntent, RestartRecorder } from './journal-recorder.js';
+import type { RestartRecorder } from './journal-recorder.js';
 import type { Quarantine } from './quarantine.js';
 import { adoptRestored, devicesOf, intentOf, newQuarantine, releaseQuarantined, topologyIntent } from './broker-restart.js';
 import type { RestoreOutcome } from './restore.js';
-import { LiveTally } from './registry.js';
 
 export type { ContextSummary } from './views.js';
 
@@ -37,8 +38,7 @@ export class Broker {
   readonly inventory: Inventory;
   readonly capabilities: KernelCapabilities;
   readonly startedAt = new Date();
-  private readonly contexts = new Map<ContextId, Context>();
-  private readonly byTenant = new Map<TenantId, TenantContexts>();
+  private readonly contexts = new ContextTable();
   readonly quotas: Quotas;
   /** fd-socket tokens; the rpc layer's handoff server redeems them here. */
   readonly handoffs: Handoffs;
@@ -51,6 +51,7 @@ export class Broker {
   /** One for every teardown: built once, so a teardown makes no closures of its own. */
   private readonly teardownEnv: TeardownEnv;
   private readonly restart: RestartRecorder | undefined;
+  private readonly requests: ContextRunner;
   private shuttingDown = false;
 
   constructor(private readonly options: BrokerOptions) {
@@ -77,6 +78,7 @@ export class Broker {
       pinned: pinnedAccount(this.quotas),
       uploads: this.handoffs,
     };
+    this.requests = new ContextRunner(this.env, this.restart, (caller, id) => this.admit(caller, id));
     this.teardownEnv = {
       kernel: options.kernel,
       log: this.log,
@@ -89,7 +91,7 @@ export class Broker {
 
   /** Read-only access for diagnostics and tests; requests go through the methods below. */
   inspectContext(id: string): Pick<Context, 'registry' | 'iommufd' | 'state' | 'tenant'> | undefined {
-    return this.contexts.get(id as ContextId);
+    return this.contexts.get(id);
   }
 
   get contextCount(): number {
@@ -107,13 +109,13 @@ export class Broker {
 
   /** Live objects across one tenant's contexts. */
   liveObjectsOf(tenant: TenantId): number {
-    return this.byTenant.get(tenant)?.tally.live ?? 0;
+    return this.contexts.liveObjectsOf(tenant);
   }
 
   async openContext(caller: Caller, label: string, leaseSeconds: number): Promise<ContextId> {
     this.refuseWhenShuttingDown();
     if (!caller.admin) this.quotas.admitRequest(caller.tenant);
-    this.quotas.checkContexts(caller.tenant, this.byTenant.get(caller.tenant)?.contexts.size ?? 0);
+    this.quotas.checkContexts(caller.tenant, this.contexts.contextsOf(caller.tenant));
     if (Buffer.byteLength(label) > MAX_LABEL_BYTES) {
       throw new BrokerError('INVALID_FIELD', `label: ${Buffer.byteLength(label)} bytes is over the ${MAX_LABEL_BYTES}-byte limit`, { field: 'label' });
     }
@@ -139,7 +141,7 @@ export class Broker {
   }
 
   forceCloseContext(id: string, why: string): Promise<TeardownReport> {
-    const ctx = this.contexts.get(id as ContextId);
+    const ctx = this.contexts.get(id);
     // A context that did not come back from a restart: release what its quarantined entries hold.
     if (!ctx && this.quarantine.hasContext(id)) return releaseQuarantined(this.quarantine, this.log, id, why);
     if (!ctx) throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: no context ${id}`, { field: 'context_id', contextId: id });
@@ -148,40 +150,40 @@ export class Broker {
   }
 
   bindDevice(caller: Caller, id: string, deviceId: string): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('bind', 1), ops.bindDevice, [deviceId]);
+    return this.requests.mutate(caller, id, intentOf('bind', 1), ops.bindDevice, [deviceId]);
   }
 
   unbindDevice(caller: Caller, id: string, device: Handle): Promise<TeardownReport> {
-    return this.mutate(caller, id, intentOf('unbind', 0, [device]), this.unbindTask, [device]);
+    return this.requests.mutate(caller, id, intentOf('unbind', 0, [device]), this.unbindTask, [device]);
   }
 
   attachDevice(caller: Caller, id: string, device: Handle, target: Handle) {
-    return this.mutate(caller, id, intentOf('attach', 1, [device]), ops.attachDevice, [device, target]);
+    return this.requests.mutate(caller, id, intentOf('attach', 1, [device]), ops.attachDevice, [device, target]);
   }
 
   detachDevice(caller: Caller, id: string, device: Handle) {
-    return this.mutate(caller, id, intentOf('detach', 0, [device]), ops.detachDevice, [device]);
+    return this.requests.mutate(caller, id, intentOf('detach', 0, [device]), ops.detachDevice, [device]);
   }
 
   allocIoas(caller: Caller, id: string): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_ioas', 1), ops.allocIoas, []);
+    return this.requests.mutate(caller, id, intentOf('alloc_ioas', 1), ops.allocIoas, []);
   }
 
   allocHwpt(caller: Caller, id: string, args: ops.AllocHwptArgs): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_hwpt', 1), ops.allocHwpt, [args]);
+    return this.requests.mutate(caller, id, intentOf('alloc_hwpt', 1), ops.allocHwpt, [args]);
   }
 
   allocViommu(caller: Caller, id: string, device: Handle, nestParent: Handle, type: ops.ViommuType | undefined): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_viommu', 1), ops.allocViommu, [device, nestParent, type]);
+    return this.requests.mutate(caller, id, intentOf('alloc_viommu', 1), ops.allocViommu, [device, nestParent, type]);
   }
 
   allocVdevice(caller: Caller, id: string, viommu: Handle, device: Handle, virtId: bigint): Promise<ObjectView> {
-    return this.mutate(caller, id, intentOf('alloc_vdevice', 1), ops.allocVdevice, [viommu, device, virtId]);
+    return this.requests.mutate(caller, id, intentOf('alloc_vdevice', 1), ops.allocVdevice, [viommu, device, virtId]);
   }
 
   /** A one-time token for the bound device's fd, redeemable on the fd socket by this caller's process only. */
   leaseDeviceFd(caller: Caller, id: string, device: Handle): Promise<Lease> {
-    return this.inContext(caller, id, async (ctx) => {
+    return this.requests.inContext(caller, id, async (ctx) => {
       const owner = localCaller(caller, 'LeaseDeviceFd');
       ctx.registry.resolve(device, ['DEVICE'], 'device');
       return this.handoffs.issue(ctx, owner, { kind: 'device_fd', device });
@@ -190,7 +192,7 @@ export class Broker {
 
   /** A one-time token for sending a memfd on the fd socket, for MapMemory. */
   prepareMemoryUpload(caller: Caller, id: string): Promise<Lease> {
-    return this.inContext(caller, id, async (ctx) => {
+    return this.requests.inContext(caller, id, async (ctx) => {
       const owner = localCaller(caller, 'PrepareMemoryUpload');
       requireMapFile(this.capabilities);
       return this.handoffs.issue(ctx, owner, { kind: 'memory_upload' });
@@ -199,11 +201,11 @@ export class Broker {
 
   mapMemory(caller: Caller, id: string, args: MapMemoryArgs): Promise<IoasMapping> {
     // Mappings are not registry changes: `also` tells the journal the IOAS changed.
-    return this.mutate(caller, id, intentOf('map', 0, [args.ioas]), this.mapTask, [args], [args.ioas]);
+    return this.requests.mutate(caller, id, intentOf('map', 0, [args.ioas]), this.mapTask, [args], [args.ioas]);
   }
 
   unmapMemory(caller: Caller, id: string, ioas: Handle, iova: bigint, length: bigint): Promise<bigint> {
-    return this.mutate(caller, id, intentOf('unmap', 0, [ioas]), unmapMemory, [ioas, iova, length], [ioas]);
+    return this.requests.mutate(caller, id, intentOf('unmap', 0, [ioas]), unmapMemory, [ioas, iova, length], [ioas]);
   }
 
   /**
@@ -219,7 +221,7 @@ export class Broker {
       const obj = [...ctx.registry.liveOfKind('DEVICE')].find((d) => d.deviceId === device.id);
       if (!obj || ctx.state !== 'open') return undefined;
       this.log.warn({ contextId: ctx.id, deviceId: device.id }, 'host requested the device back: tearing it down');
-      const report = await this.journaled(ctx, { op: 'device_request', unsure: [obj.handle], creates: 0 }, () => this.teardown(ctx, { kind: 'device', device: obj }, 'device_request'));
+      const report = await this.requests.journaled(ctx, { op: 'device_request', unsure: [obj.handle], creates: 0 }, () => this.teardown(ctx, { kind: 'device', device: obj }, 'device_request'));
       ctx.emit({ type: 'device_removed', device: obj.handle, deviceId: device.id });
       return report;
     });
@@ -227,20 +229,20 @@ export class Broker {
 
   /** A whole device graph in one request; all steps or none (topology.ts). */
   applyTopology(caller: Caller, id: string, steps: readonly TopologyStep[]): Promise<TopologyResult[]> {
-    return this.mutate(caller, id, topologyIntent(steps), applyTopology, [steps]);
+    return this.requests.mutate(caller, id, topologyIntent(steps), applyTopology, [steps]);
   }
 
   destroyObject(caller: Caller, id: string, handle: Handle): Promise<void> {
-    return this.mutate(caller, id, intentOf('destroy', 0), ops.destroyObject, [handle]);
+    return this.requests.mutate(caller, id, intentOf('destroy', 0), ops.destroyObject, [handle]);
   }
 
   getHwInfo(caller: Caller, id: string, device: Handle) {
-    return this.inContext(caller, id, (ctx) => ops.getHwInfo(this.env, ctx, device));
+    return this.requests.inContext(caller, id, (ctx) => ops.getHwInfo(this.env, ctx, device));
   }
 
   /** Reads go through the FIFO too, so they see every earlier request's effect. */
   listObjects(caller: Caller, id: string): Promise<ObjectView[]> {
-    return this.inContext(caller, id, async (ctx) => listViews(ctx.registry));
+    return this.requests.inContext(caller, id, async (ctx) => listViews(ctx.registry));
   }
 
   /**
@@ -250,7 +252,7 @@ export class Broker {
    * CloseContext, the context is torn down after the grace period.
    */
   watch(caller: Caller, id: string, listener: (event: SequencedEvent) => void): Promise<{ snapshot: ObjectView[]; stop: () => void }> {
-    return this.inContext(caller, id, async (ctx) => {
+    return this.requests.inContext(caller, id, async (ctx) => {
       const unsubscribe = ctx.subscribe(listener);
       let stopped = false;
       const stop = () => {
@@ -296,7 +298,7 @@ export class Broker {
   }
 
   listContexts(tenant?: TenantId): ContextSummary[] {
-    return [...this.contexts.values()].filter((ctx) => !tenant || ctx.tenant === tenant).map(contextSummary);
+    return this.contexts.list(tenant).map(contextSummary);
   }
 
   /** Refuses new work; with `teardownAll`, closes every context in the legal order. */
@@ -315,63 +317,12 @@ export class Broker {
     if (this.shuttingDown) throw new BrokerError('SHUTTING_DOWN', 'the broker is shutting down; retry against the restarted daemon');
   }
 
-  /** Finds a context the caller may use. Another tenant's context does not exist for the caller. */
+  /** The caller's context, its lease renewed; CloseContext skips the rate limit (admit) so a client can always let go. */
   private contextFor(caller: Caller, id: string): Context {
     this.refuseWhenShuttingDown();
-    if (id === '') throw new BrokerError('MISSING_FIELD', 'context_id is required (from OpenContext)', { field: 'context_id' });
-    const ctx = this.contexts.get(id as ContextId);
-    if (!ctx || (!caller.admin && ctx.tenant !== caller.tenant)) {
-      throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: no open context ${id.slice(0, 80)}`, { field: 'context_id', contextId: id });
-    }
+    const ctx = this.contexts.find(caller, id);
     ctx.renewLease(() => this.onLeaseExpired(ctx));
     return ctx;
-  }
-
-  /**
-   * A request that changes kernel state: `op(env, ctx, ...args)` in the
-   * context's FIFO, journaled around its kernel calls when restart is
-   * configured. The work travels as data to one long-lived task, so a request
-   * makes no closures (V8 drops a per-call closure's optimized code at every
-   * full GC, and each full GC then recompiled them all).
-   */
-  private mutate<A extends unknown[], T>(caller: Caller, id: string, intent: OpIntent, op: ContextOp<A, T>, args: A, also: readonly Handle[] = []): Promise<T> {
-    let ctx: Context;
-    try {
-      ctx = this.admit(caller, id);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    const mutation: Mutation<A, T> = { ctx, intent, op, args, also };
-    return ctx.executor.runWith(this.runMutation, mutation);
-  }
-
-  private readonly runMutation = <A extends unknown[], T>(m: Mutation<A, T>): Promise<T> => {
-    if (m.ctx.state !== 'open') throw contextClosed(m.ctx);
-    if (!this.restart) return m.op(this.env, m.ctx, ...m.args);
-    return this.journal(this.restart, m.ctx, m.intent, () => m.op(this.env, m.ctx, ...m.args), m.also);
-  };
-
-  private readonly unbindTask = (_env: ops.OpEnv, ctx: Context, device: Handle): Promise<TeardownReport> =>
-    this.teardown(ctx, { kind: 'device', device: ctx.registry.resolve(device, ['DEVICE'], 'device') }, 'unbind');
-
-  private readonly mapTask = (env: ops.OpEnv, ctx: Context, args: MapMemoryArgs): Promise<IoasMapping> => {
-    requireMapFile(this.capabilities);
-    return mapMemory(env, ctx, args);
-  };
-
-  private journaled<T>(ctx: Context, intent: OpIntent, task: () => Promise<T>, also: readonly Handle[] = []): Promise<T> {
-    // Without a journal the task's own promise goes back as it is: an async wrapper would add a promise and two turns.
-    if (!this.restart) return task();
-    return this.journal(this.restart, ctx, intent, task, also);
-  }
-
-  private async journal<T>(restart: RestartRecorder, ctx: Context, intent: OpIntent, task: () => Promise<T>, also: readonly Handle[]): Promise<T> {
-    restart.before(ctx, intent);
-    try {
-      return await task();
-    } finally {
-      await restart.after(ctx, also);
-    }
   }
 
   /** Rate limit, then the caller's context: what every request passes before it queues. */
@@ -380,18 +331,13 @@ export class Broker {
     return this.contextFor(caller, id);
   }
 
-  private inContext<T>(caller: Caller, id: string, task: (ctx: Context) => Promise<T>): Promise<T> {
-    let ctx: Context;
-    try {
-      ctx = this.admit(caller, id);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return ctx.executor.run(() => {
-      if (ctx.state !== 'open') throw contextClosed(ctx);
-      return task(ctx);
-    });
-  }
+  private readonly unbindTask = (_env: ops.OpEnv, ctx: Context, device: Handle): Promise<TeardownReport> =>
+    this.teardown(ctx, { kind: 'device', device: ctx.registry.resolve(device, ['DEVICE'], 'device') }, 'unbind');
+
+  private readonly mapTask = (env: ops.OpEnv, ctx: Context, args: MapMemoryArgs): Promise<IoasMapping> => {
+    requireMapFile(this.capabilities);
+    return mapMemory(env, ctx, args);
+  };
 
   private async teardown(ctx: Context, scope: TeardownScope, reason: TeardownReason): Promise<TeardownReport> {
     const report = await runTeardown(ctx, this.teardownEnv, scope, reason);
@@ -402,9 +348,7 @@ export class Broker {
 
   /** Runs inside the context's FIFO. Idempotent: a second close finds nothing to do. */
   private async teardownContext(ctx: Context, reason: TeardownReason): Promise<TeardownReport> {
-    if (ctx.state !== 'open') {
-      throw new BrokerError('CONTEXT_NOT_FOUND', `context_id: context ${ctx.id} was closed`, { field: 'context_id', contextId: ctx.id });
-    }
+    if (ctx.state !== 'open') throw contextClosed(ctx);
     ctx.state = 'closing';
     ctx.stopTimers();
     try {
@@ -426,21 +370,13 @@ export class Broker {
       this.env.pinned.release(ctx, ctx.pinnedBytes);
       this.handoffs.dropContext(ctx.id);
       ctx.state = 'closed';
-      this.contexts.delete(ctx.id);
-      ctx.registry.leave();
-      const own = this.byTenant.get(ctx.tenant);
-      own?.contexts.delete(ctx);
-      if (own?.contexts.size === 0) this.byTenant.delete(ctx.tenant);
+      this.contexts.remove(ctx);
       ctx.emit({ type: 'closed', reason });
     }
   }
 
   private register(ctx: Context): void {
-    this.contexts.set(ctx.id, ctx);
-    let own = this.byTenant.get(ctx.tenant);
-    if (!own) this.byTenant.set(ctx.tenant, (own = { contexts: new Set(), tally: new LiveTally() }));
-    own.contexts.add(ctx);
-    ctx.registry.join(own.tally);
+    this.contexts.add(ctx);
     ctx.renewLease(() => this.onLeaseExpired(ctx));
   }
 
@@ -469,26 +405,4 @@ export class Broker {
     }
     this.onAbandoned(ctx);
   }
-}
-
-/** A tenant's open contexts, and its live objects across them. */
-interface TenantContexts {
-  readonly contexts: Set<Context>;
-  readonly tally: LiveTally;
-}
-
-/** An operation on one context, given the broker's environment (operations.ts, topology.ts, mappings). */
-type ContextOp<A extends unknown[], T> = (env: ops.OpEnv, ctx: Context, ...args: A) => Promise<T>;
-
-interface Mutation<A extends unknown[], T> {
-  ctx: Context;
-  intent: OpIntent;
-  op: ContextOp<A, T>;
-  args: A;
-  also: readonly Handle[];
-}
-
-/** A request queued behind CloseContext finds the context gone. */
-function contextClosed(ctx: Context): BrokerError {
-  return new BrokerError('CONTEXT_NOT_FOUND', `context_id: context ${ctx.id} was closed`, { field: 'context_id', contextId: ctx.id });
 }

@@ -70,4 +70,26 @@ describe('quotas over gRPC', () => {
     const err = await refused(td.broker.allocIoas({ contextId: third }, small));
     expect(errorInfoOf(err)).toMatchObject({ reason: 'QUOTA_EXCEEDED', metadata: { quota: 'objects', limit: '3' } });
   });
+
+  it('lets a tenant over its request rate still close its context, and frees what it held', async () => {
+    td = await startTestDaemon('linux-6.17', (c) => {
+      // A bucket that, once spent, does not refill within the test. Admins are exempt from the
+      // rate, and this process's uid is a built-in admin unless a rule maps it to a tenant.
+      c.quotas.tenants = { small: { requestsPerSecond: 0.001, burst: 2 } };
+      c.identity.rules = [{ uid: process.getuid!(), tenant: 'small' }];
+    });
+    const small = { metadata: asTenantMetadata('small') };
+    const { contextId } = await td.broker.openContext({}, small);
+    await td.broker.allocIoas({ contextId }, small);
+    const err = await refused(td.broker.allocIoas({ contextId }, small));
+    expect(errorInfoOf(err)).toMatchObject({ reason: 'QUOTA_EXCEEDED', metadata: { quota: 'request_rate' } });
+    const iommufd = td.daemon.broker.inspectContext(contextId)!.iommufd;
+    expect(td.daemon.sim!.objects(iommufd)).toHaveLength(1);
+
+    const { teardown } = await td.broker.closeContext({ contextId }, small);
+    expect(teardown!.steps.length).toBeGreaterThan(0);
+    expect(td.daemon.broker.contextCount).toBe(0);
+    expect(td.daemon.broker.liveObjectsOf(asTenant('small'))).toBe(0);
+    expect(td.daemon.sim!.liveContextCount()).toBe(0);
+  });
 });

@@ -2,9 +2,9 @@ import { describe, expect, it } from 'vitest';
 import type { Caller } from '../../src/broker/broker-types.js';
 import { Context } from '../../src/broker/context.js';
 import { ContextTable } from '../../src/broker/context-table.js';
-import { BrokerError } from '../../src/broker/errors.js';
 import { asTenant, type ContextId } from '../../src/broker/ids.js';
 import type { IommufdFile, KernelObjectId } from '../../src/kernel/types.js';
+import { refusal } from '../helpers/refusal.js';
 
 const acme = asTenant('acme');
 const globex = asTenant('globex');
@@ -15,15 +15,6 @@ function context(n: number, tenant = acme): Context {
 
 function caller(tenant: typeof acme, admin = false): Caller {
   return { tenant, admin, peer: 'test' };
-}
-
-function refusal(fn: () => void): BrokerError {
-  try {
-    fn();
-  } catch (err) {
-    return err as BrokerError;
-  }
-  throw new Error('expected a refusal');
 }
 
 describe('ContextTable', () => {

@@ -1,19 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { BrokerError } from '../../src/broker/errors.js';
 import { asTenant } from '../../src/broker/ids.js';
 import { DEFAULT_QUOTA, Quotas } from '../../src/broker/quotas.js';
+import { BrokerError } from '../../src/broker/errors.js';
+import { refusal } from '../helpers/refusal.js';
 
 const acme = asTenant('acme');
 const globex = asTenant('globex');
-
-function refusal(fn: () => void): BrokerError {
-  try {
-    fn();
-  } catch (err) {
-    return err as BrokerError;
-  }
-  throw new Error('expected a refusal');
-}
 
 describe('tenant quotas', () => {
   it('limits the request rate per tenant with a token bucket, refilled over time', () => {

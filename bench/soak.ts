@@ -32,8 +32,8 @@ Load and soak: 200 clients across 50 tenants run VM lifecycles against a daemon
 on the sim backend for SOAK_SECONDS after a warm-up, with 1% injected kernel-call
 failures and clients that vanish without CloseContext. Exits non-zero unless
 there are no unexpected errors, no leaked objects, contexts or fds, the registry
-matches the kernel, RSS grows under 10% after warm-up and event-loop lag p99 is
-under 50 ms. Settings come from the environment:
+matches the kernel, RSS (less the V8 heap held empty) grows under 10% after
+warm-up and event-loop lag p99 is under 50 ms. Settings come from the environment:
   SOAK_SECONDS=N       measured load after warm-up (default 300; CI runs 30)
   SOAK_CLIENTS=N       concurrent clients (default 200)
   SOAK_TENANTS=N       tenants they are spread over (default 50)
@@ -118,6 +118,19 @@ async function settledMemory(): Promise<NodeJS.MemoryUsage> {
     if (!falling && waited + UNMAP_POLL_MS >= UNMAP_WAIT_MIN_MS) break;
   }
   return lowest;
+}
+
+/**
+ * RSS less the part of V8's heap that holds nothing: what the process keeps
+ * in use, native memory and the live JS heap alike. V8 keeps emptied heap
+ * pages committed by its own sizing rules and gives them back on its own
+ * schedule, so after a full GC with the live heap flat, heapTotal measured
+ * anywhere from 69 to 131 MiB and moved RSS by as much as 15.8% within one
+ * 30-s window (a CI run: heapUsed 30 → 29 MiB). Both kinds of
+ * leak still show: a JS leak in heapUsed, a native one outside the heap.
+ */
+function heldMemory(m: NodeJS.MemoryUsage): number {
+  return m.rss - (m.heapTotal - m.heapUsed);
 }
 
 interface ContextInternals {
@@ -328,9 +341,9 @@ async function main(): Promise<void> {
   const k = Math.max(3, Math.floor(after.length / 10));
   const sampled = (f: (x: (typeof samples)[number]) => number) =>
     `${Math.round(median(after.slice(0, k).map(f)) / 2 ** 20)} → ${Math.round(median(after.slice(-k).map(f)) / 2 ** 20)}`;
-  const base = memAtWarm?.rss ?? Number.NaN;
-  const end = memAtEnd.rss;
-  const rssGrowth = (end - base) / base;
+  const held = (m: NodeJS.MemoryUsage | undefined) => (m ? heldMemory(m) : Number.NaN);
+  const heldGrowth = (held(memAtEnd) - held(memAtWarm)) / held(memAtWarm);
+  const rssGrowth = (memAtEnd.rss - (memAtWarm?.rss ?? Number.NaN)) / (memAtWarm?.rss ?? Number.NaN);
   const settled = (f: (m: NodeJS.MemoryUsage) => number) => `${Math.round(f(memAtWarm ?? memAtEnd) / 2 ** 20)} → ${Math.round(f(memAtEnd) / 2 ** 20)}`;
   mkdirSync(CACHE, { recursive: true });
   writeFileSync(path.join(CACHE, 'soak-memory.json'), JSON.stringify(samples.map((x) => ({ ...x, t: round(x.t, 1) }))));
@@ -349,9 +362,9 @@ async function main(): Promise<void> {
     { name: 'unexpected errors', value: unexpected, ok: unexpected === 0, goal: '0' },
     { name: 'leaked contexts/objects/fds', value: JSON.stringify(leaks), ok: Object.values(leaks).every((v) => v === 0), goal: 'all 0' },
     {
-      name: 'daemon RSS growth after warm-up (each end after a full GC and the unmapping of what it freed, under load)',
-      value: `${round(rssGrowth * 100, 1)}% (${settled((m) => m.rss)} MiB; heapUsed ${settled((m) => m.heapUsed)}, heapTotal ${settled((m) => m.heapTotal)}, external ${settled((m) => m.external)} MiB; sampled every second without GC: RSS ${sampled((x) => x.rss)}, heapUsed ${sampled((x) => x.heap)} MiB)`,
-      ok: memAtWarm !== undefined && after.length >= 2 * k && rssGrowth < 0.1,
+      name: 'daemon RSS growth after warm-up, less the V8 heap held empty (each end after a full GC, under load)',
+      value: `${round(heldGrowth * 100, 1)}% (${settled(heldMemory)} MiB; RSS as is ${settled((m) => m.rss)} MiB, ${round(rssGrowth * 100, 1)}%; heapUsed ${settled((m) => m.heapUsed)}, heapTotal ${settled((m) => m.heapTotal)}, external ${settled((m) => m.external)} MiB; sampled every second without GC: RSS ${sampled((x) => x.rss)}, heapUsed ${sampled((x) => x.heap)} MiB)`,
+      ok: memAtWarm !== undefined && after.length >= 2 * k && heldGrowth < 0.1,
       goal: '< 10%',
     },
     {

@@ -341,9 +341,9 @@ async function main(): Promise<void> {
   const k = Math.max(3, Math.floor(after.length / 10));
   const sampled = (f: (x: (typeof samples)[number]) => number) =>
     `${Math.round(median(after.slice(0, k).map(f)) / 2 ** 20)} → ${Math.round(median(after.slice(-k).map(f)) / 2 ** 20)}`;
-  const held = (m: NodeJS.MemoryUsage | undefined) => (m ? heldMemory(m) : Number.NaN);
-  const heldGrowth = (held(memAtEnd) - held(memAtWarm)) / held(memAtWarm);
-  const rssGrowth = (memAtEnd.rss - (memAtWarm?.rss ?? Number.NaN)) / (memAtWarm?.rss ?? Number.NaN);
+  const growth = (f: (m: NodeJS.MemoryUsage) => number) => (memAtWarm ? (f(memAtEnd) - f(memAtWarm)) / f(memAtWarm) : Number.NaN);
+  const heldGrowth = growth(heldMemory);
+  const rssGrowth = growth((m) => m.rss);
   const settled = (f: (m: NodeJS.MemoryUsage) => number) => `${Math.round(f(memAtWarm ?? memAtEnd) / 2 ** 20)} → ${Math.round(f(memAtEnd) / 2 ** 20)}`;
   mkdirSync(CACHE, { recursive: true });
   writeFileSync(path.join(CACHE, 'soak-memory.json'), JSON.stringify(samples.map((x) => ({ ...x, t: round(x.t, 1) }))));
